@@ -1,0 +1,1 @@
+"""fedsynth.cli: composition root (command line, Flower process orchestration, demo)."""

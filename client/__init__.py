@@ -1,0 +1,1 @@
+"""fedsynth.client: the site-side Flower ClientApp adapter (DP training happens in fedsynth.common.training)."""

@@ -1,0 +1,318 @@
+"""Flower-free training core: the diffusion loss, DP-SGD local training with Opacus, and noise calibration.
+
+Only the denoiser is wrapped by Opacus; the scheduler's ``add_noise`` runs outside it. The accountant's
+history is run state: it is passed in and returned, so epsilon is accounted over all rounds, not per round.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.scheduler import DDPMScheduler, SchedulerConfig
+
+AccountantState = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of one local training call.
+
+    Args:
+        state_dict: the trained denoiser weights (detached CPU tensors).
+        loss: mean diffusion loss over the steps.
+        steps: optimizer steps taken in this call.
+        num_examples: rows in the local table.
+        epsilon: cumulative epsilon after this call (``0.0`` when non-private).
+        delta: the delta epsilon is reported at.
+        noise_multiplier: DP-SGD noise multiplier used (``0.0`` when non-private).
+        sample_rate: Poisson sampling rate used.
+        accountant_state: the accountant's ``state_dict()`` (history over all rounds).
+        losses: per-step losses.
+    """
+
+    state_dict: dict[str, Tensor]
+    loss: float
+    steps: int
+    num_examples: int
+    epsilon: float = 0.0
+    delta: float = 0.0
+    noise_multiplier: float = 0.0
+    sample_rate: float = 0.0
+    accountant_state: AccountantState = field(default_factory=dict)
+    losses: tuple[float, ...] = ()
+
+
+def diffusion_loss(
+    model: nn.Module, scheduler: DDPMScheduler, x0: Tensor, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Per-sample epsilon-prediction loss ``mean_f (eps - model(x_t, t))**2``.
+
+    Args:
+        model: the denoiser.
+        scheduler: provides ``add_noise``.
+        x0 (`Tensor` of shape `(batch, n_features)`): clean encoded rows.
+        generator: randomness for ``t`` and ``eps``.
+
+    Returns:
+        `Tensor` of shape `(batch,)`.
+    """
+    b = x0.shape[0]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    pred = model(x_t, t)
+    return ((pred - noise) ** 2).reshape(b, -1).mean(dim=1)
+
+
+def _batch_mean(per_sample: Tensor) -> Tensor:
+    # Poisson sampling can give an empty batch: a sum keeps the graph valid and is 0
+    return per_sample.mean() if per_sample.shape[0] > 0 else per_sample.sum()
+
+
+def expected_batch_size(n_rows: int, batch_size: int) -> int:
+    """Clamp the requested logical batch size to the table size."""
+    return max(1, min(batch_size, n_rows))
+
+
+def planned_sample_rate(n_rows: int, batch_size: int) -> float:
+    """The Poisson sampling rate Opacus will use for ``batch_size`` out of ``n_rows`` rows."""
+    if n_rows < 1:
+        raise ConfigError("a site needs at least one row to train")
+    bs = expected_batch_size(n_rows, batch_size)
+    return 1.0 / math.ceil(n_rows / bs)
+
+
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp",
+    prior_state: AccountantState | None = None,
+) -> float:
+    """Smallest noise multiplier such that ``steps`` more steps keep total epsilon <= ``target_epsilon``.
+
+    Args:
+        target_epsilon: total budget, including what ``prior_state`` already spent.
+        delta: target delta.
+        sample_rate: Poisson sampling rate.
+        steps: steps still to take.
+        accountant: ``rdp``, ``prv`` or ``gdp``.
+        prior_state: accountant history already spent (none for a fresh site).
+
+    Raises:
+        ConfigError: the budget is already spent or cannot be met.
+    """
+    from opacus.accountants import create_accountant
+
+    spent = epsilon_from_state(prior_state, delta=delta, accountant=accountant)
+    if spent >= target_epsilon:
+        raise ConfigError(f"no budget left: epsilon already spent {spent:.3f} >= target {target_epsilon:.3f}")
+    lo, hi = 0.05, 200.0
+
+    def total_eps(sigma: float) -> float:
+        acc = create_accountant(mechanism=accountant)
+        if prior_state:
+            acc.load_state_dict(copy.deepcopy(dict(prior_state)))
+        acc.history.append((sigma, sample_rate, steps))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(acc.get_epsilon(delta=delta))
+
+    if total_eps(hi) > target_epsilon:
+        raise ConfigError(f"target epsilon {target_epsilon} cannot be met even with noise multiplier {hi}")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if total_eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-4:
+            break
+    return hi
+
+
+def epsilon_from_state(state: Mapping[str, Any] | None, *, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` for an accountant ``state_dict`` (0 for an empty history)."""
+    from opacus.accountants import create_accountant
+
+    if not state or not state.get("history"):
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.load_state_dict(copy.deepcopy(dict(state)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def projected_epsilon(
+    state: Mapping[str, Any] | None, *, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+    accountant: str = "rdp",
+) -> float:
+    """Epsilon after adding ``steps`` steps of ``(noise_multiplier, sample_rate)`` to ``state``."""
+    history = list((state or {}).get("history", []))
+    history.append((noise_multiplier, sample_rate, steps))
+    return epsilon_from_state({"history": history, "mechanism": accountant}, delta=delta, accountant=accountant)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def train_dp(
+    model: nn.Module,
+    data: np.ndarray,
+    *,
+    scheduler_config: SchedulerConfig,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    batch_size: int,
+    steps: int,
+    lr: float,
+    delta: float,
+    accountant_state: AccountantState | None = None,
+    accountant: str = "rdp",
+    seed: int | None = None,
+    grad_sample_mode: str = "hooks",
+    secure_mode: bool = False,
+) -> TrainResult:
+    """Train ``model`` for ``steps`` DP-SGD steps (Opacus, Poisson sampling) on encoded ``data``.
+
+    The input model is not modified; its trained weights are returned.
+
+    Args:
+        model: the denoiser (validated with ``ModuleValidator``).
+        data: encoded rows, ``float32`` of shape ``(n, n_features)``.
+        scheduler_config: the diffusion schedule.
+        noise_multiplier: DP-SGD noise multiplier.
+        max_grad_norm: per-sample clipping norm.
+        batch_size: expected (logical) batch size; the sampling rate is ``1 / ceil(n / batch_size)``.
+        steps: optimizer steps.
+        lr: Adam learning rate.
+        delta: delta at which epsilon is reported.
+        accountant_state: history from earlier rounds; accounting continues from it.
+        accountant: Opacus accountant (``rdp``, ``prv``, ``gdp``).
+        seed: seeds batch sampling, timesteps, diffusion noise and DP noise.
+        grad_sample_mode: Opacus per-sample gradient mode (``hooks``, ``functorch``, ``ew``).
+        secure_mode: use Opacus' cryptographically secure noise (slower; for production sites).
+
+    Returns:
+        The trained weights, losses and the updated privacy accounting.
+    """
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+
+    if steps < 1:
+        raise ConfigError("steps must be >= 1")
+    ModuleValidator.validate(model, strict=True)
+    x = torch.as_tensor(np.asarray(data, dtype=np.float32))
+    n = x.shape[0]
+    bs = expected_batch_size(n, batch_size)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    work = copy.deepcopy(model)
+    work.train()
+    optimizer = torch.optim.Adam(work.parameters(), lr=lr)
+    loader = DataLoader(TensorDataset(x), batch_size=bs, generator=gen)
+    noise_gen = torch.Generator().manual_seed(seed + 1) if (seed is not None and not secure_mode) else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        warnings.filterwarnings("ignore", message=".*[Oo]ptimal.*")
+        engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
+        if accountant_state:
+            engine.accountant.load_state_dict(copy.deepcopy(dict(accountant_state)))
+        dp_model, dp_opt, dp_loader = engine.make_private(
+            module=work,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_gen,
+            grad_sample_mode=grad_sample_mode,
+        )
+    scheduler = DDPMScheduler(scheduler_config)
+    losses: list[float] = []
+    while len(losses) < steps:
+        for (xb,) in dp_loader:
+            dp_opt.zero_grad(set_to_none=True)
+            per_sample = diffusion_loss(dp_model, scheduler, xb, generator=gen)
+            loss = _batch_mean(per_sample)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Full backward hook.*")
+                loss.backward()
+            dp_opt.step()
+            if per_sample.shape[0] > 0:
+                losses.append(float(loss.detach()))
+            else:
+                losses.append(float("nan"))
+            if len(losses) >= steps:
+                break
+    sample_rate = 1.0 / len(loader)
+    state = engine.accountant.state_dict()
+    eps = float(engine.accountant.get_epsilon(delta=delta))
+    finite = [v for v in losses if math.isfinite(v)]
+    weights = _cpu_state(dp_model._module)
+    if hasattr(dp_model, "remove_hooks"):
+        dp_model.remove_hooks()
+    return TrainResult(
+        state_dict=weights,
+        loss=float(np.mean(finite)) if finite else float("nan"),
+        steps=len(losses),
+        num_examples=n,
+        epsilon=eps,
+        delta=delta,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        accountant_state={"history": [list(h) for h in state["history"]], "mechanism": state["mechanism"]},
+        losses=tuple(losses),
+    )
+
+
+def train_nonprivate(
+    model: nn.Module,
+    data: np.ndarray,
+    *,
+    scheduler_config: SchedulerConfig,
+    batch_size: int,
+    steps: int,
+    lr: float,
+    seed: int | None = None,
+) -> TrainResult:
+    """Plain (non-private) training of ``model`` with shuffled mini-batches; used for baselines and shadow models.
+
+    The input model is not modified; its trained weights are returned.
+    """
+    x = torch.as_tensor(np.asarray(data, dtype=np.float32))
+    n = x.shape[0]
+    bs = expected_batch_size(n, batch_size)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    work = copy.deepcopy(model)
+    work.train()
+    optimizer = torch.optim.Adam(work.parameters(), lr=lr)
+    loader = DataLoader(TensorDataset(x), batch_size=bs, shuffle=True, generator=gen, drop_last=n > bs)
+    scheduler = DDPMScheduler(scheduler_config)
+    losses: list[float] = []
+    while len(losses) < steps:
+        for (xb,) in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = diffusion_loss(work, scheduler, xb, generator=gen).mean()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if len(losses) >= steps:
+                break
+    return TrainResult(
+        state_dict=_cpu_state(work),
+        loss=float(np.mean(losses)),
+        steps=len(losses),
+        num_examples=n,
+        sample_rate=bs / n,
+        losses=tuple(losses),
+    )

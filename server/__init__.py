@@ -1,0 +1,1 @@
+"""fedsynth.server: the Flower ServerApp adapter, the validating strategy and round checkpoints."""
