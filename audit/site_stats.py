@@ -20,6 +20,7 @@ import pandas as pd
 from fedsynth.audit.distance import dcr, dcr_share, nndr, share_from_counts, summarize
 from fedsynth.audit.domias import DomiasConfig, domias_scores
 from fedsynth.audit.index import Backend
+from fedsynth.audit.jsonable import to_jsonable
 from fedsynth.audit.mia import MiaResult, evaluate_attack
 from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.schema import Schema
@@ -37,6 +38,8 @@ def site_audit_stats(
     max_rows: int = 5000,
     delta: float = 0.0,
     backend: Backend = "faiss",
+    reid: bool = False,
+    reid_attacks: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Compute the site's audit aggregates.
@@ -51,6 +54,8 @@ def site_audit_stats(
         max_rows: rows of each table used (seeded subsample), bounding the cost.
         delta: delta for the empirical epsilon bounds.
         backend: nearest-neighbour backend.
+        reid: also run the anonymeter evaluators (``ori`` = the site's rows, ``control`` = reference rows).
+        reid_attacks: attacks per anonymeter evaluator.
         seed: random seed.
 
     Returns:
@@ -74,7 +79,7 @@ def site_audit_stats(
         "nndr_synthetic_to_site": summarize(nndr(syn, own, backend=backend), max_distance=1.0).to_dict(),
     }
     if reference is None or len(reference) < 4:
-        return out
+        return to_jsonable(out)
     ref = enc(reference)
     ref = ref[rng.permutation(len(ref))]
     half = len(ref) // 2
@@ -92,7 +97,11 @@ def site_audit_stats(
         "distance": evaluate_attack("distance", dist_scores, labels, delta=delta, seed=seed).to_dict(),
         "domias": evaluate_attack("domias", dens_scores, labels, delta=delta, seed=seed).to_dict(),
     }
-    return out
+    if reid:
+        from fedsynth.audit.reid import reid_risks
+
+        out["reid"] = reid_risks(site_rows, synthetic, reference, schema=schema, n_attacks=reid_attacks, seed=seed)
+    return to_jsonable(out)
 
 
 def pool_site_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:

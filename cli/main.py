@@ -75,7 +75,7 @@ def _mount_optional() -> None:
     import importlib
     import importlib.util
 
-    for name in ("fedsynth.cli.demo", "fedsynth.cli.audit", "fedsynth.cli.serve"):
+    for name in ("fedsynth.cli.pipeline", "fedsynth.cli.audit", "fedsynth.cli.serve"):
         if importlib.util.find_spec(name) is None:
             continue
         register = getattr(importlib.import_module(name), "register", None)

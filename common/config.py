@@ -19,9 +19,12 @@ class RunConfig:
     """Everything a federated run needs, with defaults that fit the RHC demo on 2 CPU cores.
 
     Keys in Flower's run config are the field names with ``-`` for ``_`` (``num-server-rounds``).
-    ``noise_multiplier = None`` means: each site calibrates its own noise so that the planned run
+    ``noise_multiplier = 0`` (the default) means: each site calibrates its own noise so that the planned run
     (``num_server_rounds * local_steps`` steps at its sample rate) spends exactly
-    ``min(target_epsilon, site budget)``.
+    ``min(target_epsilon, site budget)``; a positive value fixes the noise multiplier for every site.
+    (Flower's run config has no null, so 0 stands for "calibrate".)
+    ``multiplicity`` is the number of ``(t, eps)`` draws per row averaged before clipping (see
+    :func:`fedsynth.common.training.train_dp`).
     """
 
     num_server_rounds: int = 5
@@ -29,7 +32,8 @@ class RunConfig:
     batch_size: int = 256
     lr: float = 2e-3
     max_grad_norm: float = 1.0
-    noise_multiplier: float | None = None
+    noise_multiplier: float = 0.0
+    multiplicity: int = 1
     target_epsilon: float = 3.0
     target_delta: float = 1e-5
     accountant: str = "rdp"
@@ -56,7 +60,8 @@ class RunConfig:
             (self.batch_size >= 1, "batch-size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.max_grad_norm > 0, "max-grad-norm must be > 0"),
-            (self.noise_multiplier is None or self.noise_multiplier > 0, "noise-multiplier must be > 0"),
+            (self.noise_multiplier >= 0, "noise-multiplier must be >= 0 (0 = calibrate to target-epsilon)"),
+            (self.multiplicity >= 1, "multiplicity must be >= 1"),
             (self.target_epsilon > 0, "target-epsilon must be > 0"),
             (0 < self.target_delta < 1, "target-delta must be in (0, 1)"),
             (self.accountant in ("rdp", "prv", "gdp"), "accountant must be rdp, prv or gdp"),
@@ -71,6 +76,7 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
         self.scheduler_config()  # validates the schedule keys
+        self.model_config(1)  # validates the unet-* keys now, not when the first client builds its model
 
     @classmethod
     def from_user_config(cls, config: Mapping[str, Any]) -> RunConfig:

@@ -73,6 +73,9 @@ class ModelConfig:
             raise ConfigError(f"model n_features must be >= 1, got {self.n_features}")
         if self.dim < 2 or not self.dim_mults or min(self.dim_mults) < 1:
             raise ConfigError("unet-dim must be >= 2 and unet-dim-mults non-empty positive integers")
+        if self.dim % 2:
+            # the sinusoidal time embedding has 2 * (dim // 2) features and feeds Linear(dim, ...)
+            raise ConfigError(f"unet-dim must be even (sinusoidal time embedding), got {self.dim}")
         levels = len(self.dim_mults)
         if self.seq_len < 2 ** (levels - 1) or self.seq_len & (self.seq_len - 1):
             raise ConfigError(

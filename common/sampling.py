@@ -44,7 +44,7 @@ def sample(
         scheduler: a :class:`DDPMScheduler` or :class:`DDIMScheduler`.
         n_rows: how many rows to draw.
         n_features: encoded row width.
-        num_inference_steps: reverse steps (defaults: all ``T`` for DDPM, 50 for DDIM).
+        num_inference_steps: reverse steps (defaults: all ``T`` for DDPM, ``min(50, T)`` for DDIM).
         batch_size: rows denoised together.
         generator: CPU random generator for reproducible draws.
         progress: called as ``progress(rows_done, n_rows)`` after each batch.
@@ -56,7 +56,8 @@ def sample(
     if n_rows < 0:
         raise ValueError("n_rows must be >= 0")
     if num_inference_steps is None:
-        num_inference_steps = 50 if isinstance(scheduler, DDIMScheduler) else scheduler.config.num_train_timesteps
+        big_t = scheduler.config.num_train_timesteps
+        num_inference_steps = min(50, big_t) if isinstance(scheduler, DDIMScheduler) else big_t
     scheduler.set_timesteps(num_inference_steps)
     was_training = model.training
     model.eval()

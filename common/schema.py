@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,15 +28,21 @@ _KINDS = ("numeric", "categorical", "binary")
 _TRANSFORMS = ("linear", "log1p")
 
 
+_WHOLE_FLOAT_TEXT = re.compile(r"[+-]?\d+\.0*")
+
+
 def canonical(value: Any) -> str:
-    """Return the canonical string form of a category value (``1``, ``1.0`` and ``"1"`` are one category)."""
+    """Return the canonical string form of a category value (``1``, ``1.0``, ``"1"`` and ``"1.0"`` are one category)."""
     if isinstance(value, (bool, np.bool_)):
         return "1" if value else "0"
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
         return str(int(value))
     if isinstance(value, (np.integer,)):
         return str(int(value))
-    return str(value).strip()
+    text = str(value).strip()
+    if _WHOLE_FLOAT_TEXT.fullmatch(text):  # a float column written to CSV ("1.0") reads back as text
+        return str(int(text.split(".")[0]))
+    return text
 
 
 @dataclass(frozen=True)
@@ -116,20 +123,31 @@ class Column:
         Raises:
             SchemaError: unknown keys or invalid values.
         """
+        if not isinstance(data, Mapping):
+            raise SchemaError(f"every column is a JSON object with 'name' and 'kind', got {data!r}")
         allowed = {"name", "kind", "lower", "upper", "categories", "integer", "nullable", "transform", "description"}
         unknown = set(data) - allowed
         if unknown:
             raise SchemaError(f"column {data.get('name')!r}: unknown key(s) {sorted(unknown)}")
         if "name" not in data or "kind" not in data:
             raise SchemaError(f"every column needs 'name' and 'kind', got {dict(data)}")
+        name = str(data["name"])
         lower = data.get("lower")
         upper = data.get("upper")
+        categories = data.get("categories", ())
+        if not isinstance(categories, (list, tuple)):
+            raise SchemaError(f"column '{name}': 'categories' must be a list, got {categories!r}")
+        try:
+            lower_f = None if lower is None else float(lower)
+            upper_f = None if upper is None else float(upper)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"column '{name}': 'lower'/'upper' must be numbers, got {lower!r}, {upper!r}") from exc
         return cls(
-            name=str(data["name"]),
+            name=name,
             kind=data["kind"],
-            lower=None if lower is None else float(lower),
-            upper=None if upper is None else float(upper),
-            categories=tuple(data.get("categories", ())),
+            lower=lower_f,
+            upper=upper_f,
+            categories=tuple(categories),
             integer=bool(data.get("integer", False)),
             nullable=bool(data.get("nullable", False)),
             transform=data.get("transform", "linear"),

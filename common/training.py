@@ -72,7 +72,26 @@ def diffusion_loss(
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = scheduler.add_noise(x0, noise, t)
     pred = model(x_t, t)
-    return ((pred - noise) ** 2).reshape(b, -1).mean(dim=1)
+    # flatten, not reshape(b, -1): an empty Poisson batch (b = 0) has no size to infer -1 from
+    return ((pred - noise) ** 2).flatten(start_dim=1).mean(dim=1)
+
+
+class PerSampleLoss(nn.Module):
+    """Pass-through criterion for Opacus ghost clipping: the per-sample diffusion loss is already computed.
+
+    ``make_private(grad_sample_mode="ghost")`` wraps a criterion whose ``reduction`` it switches to ``"none"``
+    to get one loss per row; this one returns its input then, and the batch mean otherwise.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, per_sample: Tensor) -> Tensor:
+        """Return ``per_sample`` (shape `(batch,)`) as is, or reduced per ``self.reduction``."""
+        if self.reduction == "none":
+            return per_sample
+        return _batch_mean(per_sample) if self.reduction == "mean" else per_sample.sum()
 
 
 def _batch_mean(per_sample: Tensor) -> Tensor:
@@ -110,21 +129,16 @@ def calibrate_noise(
     Raises:
         ConfigError: the budget is already spent or cannot be met.
     """
-    from opacus.accountants import create_accountant
-
     spent = epsilon_from_state(prior_state, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
         raise ConfigError(f"no budget left: epsilon already spent {spent:.3f} >= target {target_epsilon:.3f}")
     lo, hi = 0.05, 200.0
 
     def total_eps(sigma: float) -> float:
-        acc = create_accountant(mechanism=accountant)
-        if prior_state:
-            acc.load_state_dict(copy.deepcopy(dict(prior_state)))
-        acc.history.append((sigma, sample_rate, steps))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return float(acc.get_epsilon(delta=delta))
+        return projected_epsilon(
+            prior_state, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
+            accountant=accountant,
+        )
 
     if total_eps(hi) > target_epsilon:
         raise ConfigError(f"target epsilon {target_epsilon} cannot be met even with noise multiplier {hi}")
@@ -145,8 +159,15 @@ def epsilon_from_state(state: Mapping[str, Any] | None, *, delta: float, account
 
     if not state or not state.get("history"):
         return 0.0
+    history = _merged_history(state["history"])
+    if accountant == "gdp" and len(history) > 1:
+        # Opacus' GDP accountant reads only history[-1]: it would silently drop the earlier rounds
+        raise ConfigError(
+            "the gdp accountant cannot compose rounds with different noise multipliers or sample rates; "
+            "use accountant 'rdp' or 'prv'"
+        )
     acc = create_accountant(mechanism=accountant)
-    acc.load_state_dict(copy.deepcopy(dict(state)))
+    acc.load_state_dict({"mechanism": accountant, **copy.deepcopy(dict(state)), "history": history})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))
@@ -160,6 +181,31 @@ def projected_epsilon(
     history = list((state or {}).get("history", []))
     history.append((noise_multiplier, sample_rate, steps))
     return epsilon_from_state({"history": history, "mechanism": accountant}, delta=delta, accountant=accountant)
+
+
+def _merged_history(history: list[Any]) -> list[tuple[float, float, int]]:
+    """Merge consecutive entries with the same (noise multiplier, sample rate), as Opacus' accountants do on step.
+
+    RDP/PRV give the same epsilon either way; GDP only reads the last entry, so unmerged rounds would be lost.
+    """
+    merged: list[tuple[float, float, int]] = []
+    for noise_multiplier, sample_rate, steps in history:
+        if merged and merged[-1][0] == noise_multiplier and merged[-1][1] == sample_rate:
+            merged[-1] = (noise_multiplier, sample_rate, merged[-1][2] + int(steps))
+        else:
+            merged.append((float(noise_multiplier), float(sample_rate), int(steps)))
+    return merged
+
+
+def _merge_grad_samples(model: nn.Module, k: int) -> None:
+    """Average the per-draw gradients of each row's ``k`` consecutive copies into one per-sample gradient."""
+    for p in model.parameters():
+        gs = getattr(p, "grad_sample", None)
+        if gs is None:
+            continue
+        if isinstance(gs, list):
+            gs = torch.cat(gs, dim=0)
+        p.grad_sample = gs.reshape(gs.shape[0] // k, k, *gs.shape[1:]).mean(dim=1)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
@@ -182,6 +228,7 @@ def train_dp(
     seed: int | None = None,
     grad_sample_mode: str = "hooks",
     secure_mode: bool = False,
+    multiplicity: int = 1,
 ) -> TrainResult:
     """Train ``model`` for ``steps`` DP-SGD steps (Opacus, Poisson sampling) on encoded ``data``.
 
@@ -200,8 +247,14 @@ def train_dp(
         accountant_state: history from earlier rounds; accounting continues from it.
         accountant: Opacus accountant (``rdp``, ``prv``, ``gdp``).
         seed: seeds batch sampling, timesteps, diffusion noise and DP noise.
-        grad_sample_mode: Opacus per-sample gradient mode (``hooks``, ``functorch``, ``ew``).
+        grad_sample_mode: Opacus per-sample gradient mode (``hooks``, ``functorch``, ``ew``, or ``ghost``:
+            fast gradient clipping, two backward passes and no per-sample gradients for ``nn.Linear``; the
+            same clipped + noised gradient and the same accounting as ``hooks``).
         secure_mode: use Opacus' cryptographically secure noise (slower; for production sites).
+        multiplicity: draws of ``(t, eps)`` per row whose gradients are averaged *before* per-sample
+            clipping ("augmentation multiplicity", De et al. 2022; Dockhorn et al. 2023 for diffusion). Each
+            row still contributes one clipped gradient, so the privacy accounting is unchanged, but the
+            clipped gradient carries far less diffusion noise and DP training learns much faster.
 
     Returns:
         The trained weights, losses and the updated privacy accounting.
@@ -211,6 +264,10 @@ def train_dp(
 
     if steps < 1:
         raise ConfigError("steps must be >= 1")
+    if multiplicity < 1:
+        raise ConfigError("multiplicity must be >= 1")
+    if multiplicity > 1 and grad_sample_mode != "hooks":
+        raise ConfigError("multiplicity > 1 needs grad_sample_mode='hooks' (it averages per-sample gradients)")
     ModuleValidator.validate(model, strict=True)
     x = torch.as_tensor(np.asarray(data, dtype=np.float32))
     n = x.shape[0]
@@ -227,7 +284,7 @@ def train_dp(
         engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
         if accountant_state:
             engine.accountant.load_state_dict(copy.deepcopy(dict(accountant_state)))
-        dp_model, dp_opt, dp_loader = engine.make_private(
+        private = engine.make_private(
             module=work,
             optimizer=optimizer,
             data_loader=loader,
@@ -236,17 +293,24 @@ def train_dp(
             poisson_sampling=True,
             noise_generator=noise_gen,
             grad_sample_mode=grad_sample_mode,
+            **({"criterion": PerSampleLoss()} if grad_sample_mode == "ghost" else {}),
         )
+    # ghost clipping also returns a criterion whose output's backward() runs both backward passes
+    dp_model, dp_opt, dp_criterion, dp_loader = private if len(private) == 4 else (*private[:2], None, private[2])
     scheduler = DDPMScheduler(scheduler_config)
     losses: list[float] = []
     while len(losses) < steps:
         for (xb,) in dp_loader:
             dp_opt.zero_grad(set_to_none=True)
+            if multiplicity > 1:
+                xb = xb.repeat_interleave(multiplicity, dim=0)
             per_sample = diffusion_loss(dp_model, scheduler, xb, generator=gen)
-            loss = _batch_mean(per_sample)
+            loss = _batch_mean(per_sample) if dp_criterion is None else dp_criterion(per_sample)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Full backward hook.*")
                 loss.backward()
+            if multiplicity > 1:
+                _merge_grad_samples(dp_model, multiplicity)
             dp_opt.step()
             if per_sample.shape[0] > 0:
                 losses.append(float(loss.detach()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,11 @@ def load_table(path: str | os.PathLike[str], schema: Schema, *, drop_extra: bool
     try:
         raw = _read_raw(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as exc:
+        # the C parser names the file line ("Expected 2 fields in line 3"); the header is line 1
+        line = re.search(r"\bline (\d+)", str(exc))
+        row = int(line.group(1)) - 1 if line and int(line.group(1)) > 1 else None
         raise DataValidationError(
-            [ValidationIssue(name, None, None, f"cannot be parsed as {_kind(p)}: {exc}".strip())]
+            [ValidationIssue(name, row, None, f"cannot be parsed as {_kind(p)}: {exc}".strip())]
         ) from exc
     df, issues = _check_frame(raw, schema, source=name, drop_extra=drop_extra)
     if issues:

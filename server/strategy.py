@@ -16,6 +16,7 @@ different key set, so screening must happen here, before aggregation.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -87,7 +88,14 @@ class RoundReport:
         return {"server_round": self.server_round, "sites": [s.to_dict() for s in self.sites]}
 
 
-def _site_id(content: RecordDict | None, node_id: int) -> str:
+_SITE_IN_REASON = re.compile(r"^site '([^']+)'")
+
+
+def _site_id(content: RecordDict | None, node_id: int, reason: str | None = None) -> str:
+    if reason:
+        match = _SITE_IN_REASON.match(reason)
+        if match:
+            return match.group(1)
     if content is not None:
         rec = content.get(SITE_RECORD_KEY)
         if isinstance(rec, ConfigRecord) and isinstance(rec.get("site-id"), str):
@@ -155,6 +163,7 @@ class ScreeningStrategy(Strategy):
         self.strategy = strategy
         self.reports: list[RoundReport] = []
         self._reference: ArrayRecord | None = None
+        self._site_of_node: dict[int, str] = {}
 
     # -- configuration: remember what was sent, then delegate --------------------------------------
     def configure_train(
@@ -198,7 +207,10 @@ class ScreeningStrategy(Strategy):
         for msg in replies:
             node_id = int(msg.metadata.src_node_id)
             content = None if msg.has_error() else msg.content
-            site = _site_id(content, node_id)
+            site = _site_id(content, node_id, msg.error.reason if msg.has_error() else None)
+            if site.startswith("node-") and node_id in self._site_of_node:
+                site = self._site_of_node[node_id]  # e.g. "Node Unavailable" errors carry no site name
+            self._site_of_node[node_id] = site
             if msg.has_error():
                 reason = f"site error: {msg.error.reason}"
                 log(WARNING, "round %d: node %d (%s) did not train: %s", server_round, node_id, site,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -80,3 +81,35 @@ def independent() -> FakeGenerator:
 @pytest.fixture(scope="session")
 def schema() -> Schema:
     return toy_schema()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_threaded() -> object:
+    """One BLAS/OpenMP/torch thread: on small shared CPUs, thread oversubscription makes
+    HistGradientBoosting and torch training 10-25x slower."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def reference() -> pd.DataFrame:
+    """The auditor's holdout: never used for training."""
+    return population(1500, seed=3)
+
+
+@pytest.fixture(scope="session")
+def site_rows() -> pd.DataFrame:
+    """A site's own training rows (without canaries)."""
+    return population(800, seed=1)
+
+
+@pytest.fixture(scope="session")
+def toy() -> SimpleNamespace:
+    """The toy helpers as one fixture: ``toy.population``, ``toy.memoriser``, ``toy.independent``."""
+    return SimpleNamespace(population=population, memoriser=memoriser, independent=independent)

@@ -1,0 +1,166 @@
+"""Real Flower processes on loopback: SuperLink + SuperNodes + ``flwr run`` (Deployment Engine, no Ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsynth.cli.federation import Federation, run_federation
+from fedsynth.common.artifact import load_generator
+from fedsynth.common.training import epsilon_from_state
+
+from .conftest import TINY_RUN_CONFIG, wait_for_round
+
+pytestmark = pytest.mark.integration
+
+POISONED_CLIENT = '''"""Test-only ClientApp: the real one, but site-b answers with NaN weights."""
+import math
+from flwr.app import ArrayRecord
+from flwr.clientapp import ClientApp
+from fedsynth.client.app import train as real_train
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg, context):
+    reply = real_train(msg, context)
+    if context.node_config.get("site-id") == "site-b" and not reply.has_error():
+        state = reply.content["arrays"].to_torch_state_dict()
+        reply.content["arrays"] = ArrayRecord({k: v * math.nan for k, v in state.items()})
+    return reply
+'''
+
+
+def _ledger(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _steps(ledger: dict) -> int:
+    return sum(int(h[2]) for h in ledger["accountant"]["history"])
+
+
+def test_two_rounds_with_tls_and_node_auth_export_a_sampleable_artifact(tmp_path, federation_data) -> None:
+    # Arrange
+    schema_path, sites = federation_data(2)
+    lines: list[str] = []
+    # Act
+    result = run_federation(
+        run_dir=tmp_path / "run", sites=sites, schema_path=schema_path,
+        run_config={**TINY_RUN_CONFIG, "num-server-rounds": 2}, tls=True, node_auth=True, timeout=600,
+        echo=lines.append,
+    )
+    # Assert
+    assert result.status == "finished:completed"
+    assert any(line.startswith("[fedsynth] round 2/2") and "site-a=" in line and "site-b=" in line
+               for line in lines), lines
+    generator = load_generator(result.artifact)
+    rows = generator.sample(20, steps=10, seed=0)
+    assert list(rows.columns) == ["age", "hr", "sex", "unit"] and len(rows) == 20
+    report = json.loads((result.artifact / "privacy_ledger.json").read_text())
+    for site in sites:
+        ledger = _ledger(site.ledger_path)
+        assert len(ledger["rounds"]) == 2
+        assert report["sites"][site.site_id]["epsilon"] == pytest.approx(ledger["spent_epsilon"], rel=1e-6)
+        assert ledger["spent_epsilon"] <= 3.0 + 1e-6
+
+
+def test_unregistered_supernode_is_refused(tmp_path, federation_data) -> None:
+    # Arrange
+    _, sites = federation_data(1)
+    with Federation(tmp_path / "run", tls=True, node_auth=True, echo=None) as fed:
+        fed.start_superlink()
+        # Act: a key pair that was never registered with `flwr supernode register`
+        intruder = fed.start_supernode(sites[0], register=False, max_retries=1)
+        code = intruder.popen.wait(timeout=120)
+        listed = fed._flwr("supernode", "ls", "fedsynth", "--format", "json")
+    # Assert
+    assert code != 0
+    assert "Failed to activate SuperNode" in intruder.log.read_text()
+    assert json.loads(listed.stdout[listed.stdout.index("{"):]).get("nodes", []) == []
+
+
+def test_update_with_nan_weights_is_rejected_and_the_run_completes(tmp_path, federation_data) -> None:
+    # Arrange
+    schema_path, sites = federation_data(2)
+    out = tmp_path / "server"
+    config = {**TINY_RUN_CONFIG, "num-server-rounds": 1, "output-dir": str(out), "schema-path": str(schema_path)}
+    with Federation(tmp_path / "run", tls=False, node_auth=False, echo=None) as fed:
+        fed.start(sites)
+        # Act
+        run_id = fed.submit(run_config=config, components={"clientapp": "poisoned_client:app"},
+                            extra_files={"poisoned_client.py": POISONED_CLIENT})
+        status = fed.wait(run_id, timeout=600)
+    # Assert
+    assert status == "finished:completed"
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    sites_of_round = {s["site_id"]: s for s in state["rounds"][0]["sites"]}
+    assert sites_of_round["site-a"]["accepted"] is True
+    assert sites_of_round["site-b"]["accepted"] is False
+    assert "non-finite" in sites_of_round["site-b"]["reason"]
+    weights = torch.load(out / "checkpoint" / state["weights_file"], weights_only=True)
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert "rejected update from node" in (tmp_path / "run" / "logs" / f"run-{run_id}.log").read_text()
+
+
+def test_run_completes_when_a_supernode_drops_out(tmp_path, federation_data) -> None:
+    # Arrange
+    schema_path, sites = federation_data(2)
+    out = tmp_path / "server"
+    config = {**TINY_RUN_CONFIG, "num-server-rounds": 2, "min-available-nodes": 1, "min-train-nodes": 1,
+              "output-dir": str(out), "schema-path": str(schema_path)}
+    with Federation(tmp_path / "run", tls=False, node_auth=False, echo=None) as fed:
+        fed.start(sites)
+        run_id = fed.submit(run_config=config)
+        wait_for_round(out / "checkpoint" / "state.json", 1)
+        # Act: site-b's SuperNode crashes after round 1
+        fed.kill_supernode("site-b")
+        status = fed.wait(run_id, timeout=600)
+    # Assert
+    assert status == "finished:completed"
+    result = json.loads((out / "result.json").read_text())
+    assert Path(result["artifact"]).is_dir()
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    round2 = {s["site_id"]: s for s in state["rounds"][1]["sites"]}
+    assert round2["site-a"]["accepted"] is True
+    assert "site-b" not in round2 or round2["site-b"]["accepted"] is False
+    assert state["sites"]["site-a"]["rounds"] == 2 and state["sites"]["site-b"]["rounds"] == 1
+
+
+def test_killed_serverapp_resumes_from_checkpoint_without_double_counting(tmp_path, federation_data) -> None:
+    # Arrange
+    schema_path, sites = federation_data(2)
+    out = tmp_path / "server"
+    rounds = 3
+    config = {**TINY_RUN_CONFIG, "num-server-rounds": rounds, "output-dir": str(out),
+              "schema-path": str(schema_path)}
+    with Federation(tmp_path / "run", tls=False, node_auth=False, echo=None) as fed:
+        fed.start(sites)
+        first = fed.submit(run_config=config)
+        state1 = wait_for_round(out / "checkpoint" / "state.json", 1)
+        # Act: kill the ServerApp process mid-run, then start the run again with the same output dir
+        os.kill(int((out / "serverapp.pid").read_text()), signal.SIGKILL)
+        time.sleep(1.0)
+        second = fed.submit(run_config=config)
+        status = fed.wait(second, timeout=600)
+    # Assert
+    assert first != second and status == "finished:completed"
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["completed_round"] == rounds and state["run_key"] == state1["run_key"]
+    assert [r["server_round"] for r in state["rounds"]] == list(range(1, rounds + 1))
+    for site in sites:
+        ledger = _ledger(site.ledger_path)
+        assert [e["round_key"] for e in ledger["rounds"]] == [f"{state['run_key']}:{r}" for r in range(1, rounds + 1)]
+        assert _steps(ledger) == rounds * TINY_RUN_CONFIG["local-steps"]
+        expected = epsilon_from_state(ledger["accountant"], delta=ledger["delta"])
+        assert ledger["spent_epsilon"] == pytest.approx(expected)
+        assert state["sites"][site.site_id]["rounds"] == rounds
+        assert state["sites"][site.site_id]["epsilon"] == pytest.approx(ledger["spent_epsilon"], rel=1e-6)
+        assert math.isfinite(state["sites"][site.site_id]["loss"])
