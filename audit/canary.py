@@ -70,7 +70,7 @@ class CanarySet:
         atomic_write_text(out / INSERT_FILE, self.members.to_csv(index=False))
         atomic_write_json(
             out / MEMBERSHIP_FILE,
-            {"seed": self.seed, "member": {str(i): bool(m) for i, m in zip(self.records.index, self.member)}},
+            {"seed": self.seed, "member": {str(i): bool(m) for i, m in zip(self.records.index, self.member, strict=True)}},
         )
         return out
 

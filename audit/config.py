@@ -34,6 +34,7 @@ class AuditConfig:
 
     Args:
         n_synthetic: rows sampled from the generator under audit.
+        sample_steps: DDIM steps when sampling it.
         seed: seed for sampling, subsampling and bootstraps.
         backend: nearest-neighbour backend (``faiss`` or ``numpy``).
         max_rows: cap on rows per table in the fidelity and distance computations.
@@ -48,6 +49,7 @@ class AuditConfig:
     """
 
     n_synthetic: int = 5000
+    sample_steps: int = 50
     seed: int = 0
     backend: str = "faiss"
     max_rows: int = 5000
@@ -65,7 +67,7 @@ class AuditConfig:
             raise ConfigError(f"audit key 'backend' must be 'faiss' or 'numpy', got {self.backend!r}")
         if self.domias_model not in ("kde", "gmm"):
             raise ConfigError(f"audit key 'domias_model' must be 'kde' or 'gmm', got {self.domias_model!r}")
-        for key in ("n_synthetic", "max_rows", "shadow_models", "shadow_targets", "shadow_steps", "reid_attacks"):
+        for key in ("n_synthetic", "sample_steps", "max_rows", "shadow_models", "shadow_targets", "shadow_steps", "reid_attacks"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"audit key '{key}' must be >= 1, got {getattr(self, key)}")
         if self.shadow_models < 2:

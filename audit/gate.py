@@ -9,6 +9,7 @@ Example ``gate.toml``::
     mia_auc_max = 0.6
     dcr_share_max = 0.6
     fidelity_min = 0.6
+    max_epsilon = false   # false disables a check
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ Status = Literal["pass", "fail", "skipped"]
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Release thresholds. ``None`` disables a check.
+    """Release thresholds. ``None`` (``false`` in TOML) disables a check.
 
     Args:
         mia_auc_max: highest acceptable membership-inference AUC, for every attack run.
@@ -85,8 +86,10 @@ class GateConfig:
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ConfigError(f"gate key '{key}' must be true or false, got {value!r}")
-            elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"gate key '{key}' must be a number, got {value!r}")
+            elif value is False:  # TOML has no null: `key = false` disables a threshold
+                value = None
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"gate key '{key}' must be a number (or false to disable), got {value!r}")
             clean[key] = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
         return cls(**clean)
 

@@ -175,9 +175,6 @@ def audit_synthetic(
             enc = t.transform(canaries.records[cols])
             dens = domias_scores(enc, syn, ref, config=DomiasConfig(model=cfg.domias_model, seed=cfg.seed))  # type: ignore[arg-type]
             mia["canary_domias"] = evaluate_attack("canary_domias", dens, labels, delta=delta, seed=cfg.seed, notes="density ratio p_synthetic/p_reference at each canary")
-        if cfg.reid and site_stats is None:
-            reid = reid_risks(canaries.records[labels == 1], synthetic, canaries.records[labels == 0], schema=schema, n_attacks=cfg.reid_attacks, seed=cfg.seed)
-            reid["source"] = "canaries"
     else:
         notes.append("no canaries given: the canary membership test was skipped")
     if site_stats:
@@ -191,6 +188,13 @@ def audit_synthetic(
             reid = {**site_reid, "source": "sites"}
     else:
         notes.append("no per-site stats given: the DCR share test and site-level attacks were skipped")
+    if reid is None and cfg.reid and canaries is not None:
+        # no site ran anonymeter: probe the worst case centrally, member canaries vs held-out canaries
+        members = canaries.records[canaries.labels == 1]
+        reid = {**reid_risks(members, synthetic, canaries.records[canaries.labels == 0], schema=schema,
+                             n_attacks=cfg.reid_attacks, seed=cfg.seed), "source": "canaries"}
+    elif reid is None:
+        notes.append("re-identification risks not computed (no site ran anonymeter and no canaries were given)")
     if shadow_trainer is not None and cfg.shadow and ref is not None:
         shadow_cfg = ShadowConfig(n_shadow=cfg.shadow_models, n_targets=cfg.shadow_targets, seed=cfg.seed,
                                   train_size=min(300, len(ref) // 2), n_synthetic=300)
@@ -296,7 +300,7 @@ def run_audit(
     generator = load_generator(path)
     ledger = read_json(path / "privacy_ledger.json", what="privacy ledger")
     if synthetic is None:
-        synthetic = generator.sample(cfg.n_synthetic, seed=cfg.seed)
+        synthetic = generator.sample(cfg.n_synthetic, steps=cfg.sample_steps, seed=cfg.seed)
     privacy = privacy_from_ledger(ledger)
     trainer = shadow_trainer
     if trainer is None and cfg.shadow and reference is not None:
@@ -335,7 +339,7 @@ def sample_for_audit(generator_dir: str | os.PathLike[str], *, config: AuditConf
     from fedsynth.common.artifact import load_generator
 
     cfg = config or AuditConfig()
-    return load_generator(generator_dir).sample(cfg.n_synthetic, seed=cfg.seed)
+    return load_generator(generator_dir).sample(cfg.n_synthetic, steps=cfg.sample_steps, seed=cfg.seed)
 
 
 def headline(report: AuditReport) -> dict[str, Any]:

@@ -86,7 +86,9 @@ def shadow_attack(
     n_t = len(targets)
     scores = np.empty((n_t, cfg.n_shadow))
     member = np.zeros((n_t, cfg.n_shadow), dtype=int)
+    inside = np.arange(0)
     for j in range(cfg.n_shadow):
+        # pairs of shadow models: a random half of the targets IN, then exactly the other half IN
         inside = rng.permutation(n_t)[: n_t // 2] if j % 2 == 0 else np.setdiff1d(np.arange(n_t), inside)
         member[inside, j] = 1
         base = pool[rng.choice(len(pool), min(cfg.train_size, len(pool)), replace=False)]

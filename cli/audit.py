@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,14 +27,14 @@ app = typer.Typer(
 @app.callback()
 def audit(
     ctx: typer.Context,
-    generator: Annotated[Optional[Path], typer.Option("--generator", "-g", help="Generator artifact folder (generator-vN).")] = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Operator holdout table (CSV/Parquet), never seen by the sites.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML with [audit] settings and [gate] thresholds.")] = None,
-    canaries: Annotated[Optional[Path], typer.Option("--canaries", help="Canary folder made by `fedsynth audit canaries`.")] = None,
-    site_stats: Annotated[Optional[list[Path]], typer.Option("--site-stats", help="A site's stats JSON (repeatable).")] = None,
-    synthetic: Annotated[Optional[Path], typer.Option("--synthetic", help="The audit sample sent to the sites (default: draw a fresh one).")] = None,
+    generator: Annotated[Path | None, typer.Option("--generator", "-g", help="Generator artifact folder (generator-vN).")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", "-r", help="Operator holdout table (CSV/Parquet), never seen by the sites.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML with [audit] settings and [gate] thresholds.")] = None,
+    canaries: Annotated[Path | None, typer.Option("--canaries", help="Canary folder made by `fedsynth audit canaries`.")] = None,
+    site_stats: Annotated[list[Path] | None, typer.Option("--site-stats", help="A site's stats JSON (repeatable).")] = None,
+    synthetic: Annotated[Path | None, typer.Option("--synthetic", help="The audit sample sent to the sites (default: draw a fresh one).")] = None,
     no_shadow: Annotated[bool, typer.Option("--no-shadow", help="Skip the shadow-model attack (the slowest part).")] = False,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Report folder (audit.json, report.html).")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Report folder (audit.json, report.html).")] = None,
 ) -> None:
     """Audit a generator artifact and release or block it."""
     if ctx.invoked_subcommand is not None:
@@ -75,7 +75,7 @@ def audit(
 def canaries_cmd(
     schema: Annotated[Path, typer.Option("--schema", "-s", help="Declared schema JSON.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for canaries.csv, membership.json (keep) and insert.csv (send).")],
-    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Holdout table the canaries should stay far from.")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", "-r", help="Holdout table the canaries should stay far from.")] = None,
     n: Annotated[int, typer.Option("-n", min=2, help="Number of canaries (even; half are inserted).")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -93,7 +93,7 @@ def canaries_cmd(
 def sample_cmd(
     generator: Annotated[Path, typer.Option("--generator", "-g", help="Generator artifact folder.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write.")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Audit TOML (n_synthetic, seed).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Audit TOML (n_synthetic, seed).")] = None,
 ) -> None:
     """Draw the audit sample (works before release; for the auditor and the per-site jobs only)."""
     from fedsynth.audit.config import AuditConfig
@@ -109,7 +109,7 @@ def site_stats_cmd(
     synthetic: Annotated[Path, typer.Option("--synthetic", help="The audit sample from the auditor.")],
     schema: Annotated[Path, typer.Option("--schema", "-s", help="Declared schema JSON.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Aggregates JSON to send back.")],
-    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="The auditor's holdout table.")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", "-r", help="The auditor's holdout table.")] = None,
     site: Annotated[str, typer.Option(help="Site label.")] = "site",
     reid: Annotated[bool, typer.Option(help="Also run the anonymeter evaluators.")] = True,
 ) -> None:

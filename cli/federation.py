@@ -205,6 +205,9 @@ class Federation:
             "NO_COLOR": "1",
             "TERM": "dumb",
             "COLUMNS": "200",
+            # several SuperNodes share this machine's cores in a loopback federation: one thread each
+            # avoids oversubscription (a real site runs alone and may raise it)
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         }
         self.cli_home = self.run_dir / "flwr" / "cli"
 

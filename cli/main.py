@@ -86,6 +86,8 @@ def _mount_optional() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn fedsynth errors into a one-line message and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss", "faiss.loader", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     _mount_optional()
     try:
         app(args=argv, standalone_mode=False)

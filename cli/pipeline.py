@@ -56,13 +56,8 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run the demo federation, the audit and the release-gated sampling (see module docstring)."""
     from fedsynth.audit.canary import make_canaries
-    from fedsynth.audit.config import AuditConfig
-    from fedsynth.audit.runner import headline, run_audit, sample_for_audit
-    from fedsynth.audit.site_stats import site_audit_stats
     from fedsynth.cli.demo import prepare_demo_sites
     from fedsynth.cli.federation import run_federation
-    from fedsynth.cli.sampling import sample_to_file
-    from fedsynth.common.artifact import release_status
 
     out = Path(out_dir).resolve()
     t0 = time.monotonic()
@@ -70,6 +65,10 @@ def run_pipeline(
     schema_path, sites, holdout_path = prepare_demo_sites(out, n_sites=n_sites, seed=seed, epsilon_budget=epsilon_budget)
     schema = Schema.load(schema_path)
     holdout = load_table(holdout_path, schema)
+    audit_cfg_check = {"audit": dict(audit_overrides or {})}
+    from fedsynth.audit.config import AuditConfig
+
+    AuditConfig.from_mapping(audit_cfg_check)  # fail before training, not after
 
     echo(f"[2/6] auditor makes {n_canaries} canaries; half go to the sites, membership stays with the auditor")
     canaries = make_canaries(schema, n=n_canaries, reference=holdout, seed=seed)
@@ -88,20 +87,53 @@ def run_pipeline(
     artifact = fed.artifact
     echo(f"      generator exported to {artifact}")
 
+    return audit_and_release(
+        out, artifact=artifact, schema_path=schema_path, site_paths={s.site_id: s.data_path for s in sites},
+        holdout_path=holdout_path, canary_dir=canary_dir, audit_overrides=audit_overrides, n_rows=n_rows,
+        seed=seed, echo=echo, t0=t0,
+    )
+
+
+def audit_and_release(
+    out: Path,
+    *,
+    artifact: Path,
+    schema_path: Path,
+    site_paths: Mapping[str, Path],
+    holdout_path: Path,
+    canary_dir: Path,
+    audit_overrides: Mapping[str, Any] | None = None,
+    n_rows: int = 1000,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+    t0: float | None = None,
+) -> PipelineResult:
+    """Steps 4-6 of the demo: per-site audit jobs, the central audit and gate, release-gated sampling."""
+    from fedsynth.audit.canary import CanarySet
+    from fedsynth.audit.config import AuditConfig
+    from fedsynth.audit.runner import headline, run_audit, sample_for_audit
+    from fedsynth.audit.site_stats import site_audit_stats
+    from fedsynth.cli.sampling import sample_to_file
+    from fedsynth.common.artifact import release_status
+
+    t0 = time.monotonic() if t0 is None else t0
+    schema = Schema.load(schema_path)
+    holdout = load_table(holdout_path, schema)
     echo("[4/6] per-site audit jobs (each site computes aggregates on its own rows)")
-    audit_cfg = AuditConfig.from_mapping(dict(audit_overrides or {}))
+    audit_cfg = AuditConfig.from_mapping({"audit": dict(audit_overrides or {})})
     synthetic = sample_for_audit(artifact, config=audit_cfg)
     stats = []
-    for site in sites:
-        rows = load_table(site.data_path, schema)
-        stats.append(site_audit_stats(rows, synthetic, schema=schema, reference=holdout, site=site.site_id, seed=seed))
-        (out / "auditor" / "site-stats").mkdir(parents=True, exist_ok=True)
-        (out / "auditor" / "site-stats" / f"{site.site_id}.json").write_text(json.dumps(stats[-1], indent=2))
+    stats_dir = out / "auditor" / "site-stats"
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    for site_id, path in site_paths.items():
+        rows = load_table(path, schema)
+        stats.append(site_audit_stats(rows, synthetic, schema=schema, reference=holdout, site=site_id, seed=seed))
+        (stats_dir / f"{site_id}.json").write_text(json.dumps(stats[-1], indent=2, default=str))
 
     echo("[5/6] central audit: membership inference, distances, re-identification, fidelity, utility")
     report_dir = out / "audit-report"
     report = run_audit(
-        artifact, reference=holdout, canaries=type(canaries).load(canary_dir), site_stats=stats,
+        artifact, reference=holdout, canaries=CanarySet.load(canary_dir), site_stats=stats,
         synthetic=synthetic, config=audit_cfg, out_dir=report_dir,
     )
     status = release_status(artifact)

@@ -224,7 +224,7 @@ def _train_round_locked(settings: SiteSettings, request: RoundRequest) -> RoundO
         max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size, steps=cfg.local_steps, lr=cfg.lr,
         delta=cfg.target_delta, accountant_state=ledger.accountant_state, accountant=cfg.accountant,
         seed=None if settings.secure_mode else _seed(cfg.seed, settings.site_id, request.server_round),
-        secure_mode=settings.secure_mode, multiplicity=cfg.multiplicity,
+        secure_mode=settings.secure_mode, multiplicity=cfg.multiplicity, grad_sample_mode=cfg.grad_sample_mode,
     )
     metrics = {
         "loss": float(result.loss) if math.isfinite(result.loss) else -1.0,

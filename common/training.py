@@ -132,24 +132,32 @@ def calibrate_noise(
     spent = epsilon_from_state(prior_state, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
         raise ConfigError(f"no budget left: epsilon already spent {spent:.3f} >= target {target_epsilon:.3f}")
-    lo, hi = 0.05, 200.0
-
     def total_eps(sigma: float) -> float:
         return projected_epsilon(
             prior_state, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
             accountant=accountant,
         )
 
-    if total_eps(hi) > target_epsilon:
-        raise ConfigError(f"target epsilon {target_epsilon} cannot be met even with noise multiplier {hi}")
-    for _ in range(60):
-        mid = (lo + hi) / 2
+    # bracket the answer by doubling from sigma = 1 (cheap: large sigmas are slow to account), then bisect
+    # in log space to a relative tolerance of 1e-3, always keeping the upper end (epsilon <= target)
+    lo, hi = 0.0, 1.0
+    while total_eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2.0
+        if hi > 1024.0:
+            raise ConfigError(f"target epsilon {target_epsilon} cannot be met even with noise multiplier {hi}")
+    if lo == 0.0:
+        lo = hi
+        while lo > 1e-3 and total_eps(lo / 2.0) <= target_epsilon:
+            lo /= 2.0
+        hi, lo = lo, lo / 2.0
+        if hi <= 1e-3:
+            return hi
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
         if total_eps(mid) > target_epsilon:
             lo = mid
         else:
             hi = mid
-        if hi - lo < 1e-4:
-            break
     return hi
 
 

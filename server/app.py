@@ -29,6 +29,7 @@ from fedsynth.common.config import RunConfig
 from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.io import atomic_write_json
+from fedsynth.common.prior import pretrain_public
 from fedsynth.common.model import TabularUNet1D
 from fedsynth.common.schema import Schema
 from fedsynth.server.checkpoint import Checkpoint, load_checkpoint, new_run_key, save_checkpoint
@@ -121,8 +122,16 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
     ckpt = load_checkpoint(settings.checkpoint_dir)
     if ckpt is None:
         torch.manual_seed(cfg.seed)
+        initial = TabularUNet1D(model_config)
+        if cfg.public_pretrain_steps > 0:
+            print(f"[fedsynth] public warm start: {cfg.public_pretrain_steps} steps on schema-only rows "
+                  "(no privacy cost)", flush=True)
+            initial.load_state_dict(pretrain_public(
+                initial, TabularTransform(schema), scheduler_config=cfg.scheduler_config(),
+                steps=cfg.public_pretrain_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+            ).state_dict)
         ckpt = Checkpoint(run_key=new_run_key(), completed_round=0, num_server_rounds=cfg.num_server_rounds,
-                          state_dict=TabularUNet1D(model_config).state_dict())
+                          state_dict=initial.state_dict())
         save_checkpoint(settings.checkpoint_dir, ckpt)
         print(f"[fedsynth] new run {ckpt.run_key}: {cfg.num_server_rounds} rounds", flush=True)
     else:

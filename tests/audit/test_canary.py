@@ -13,7 +13,6 @@ from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.validation import validate_frame
 
 
-
 def test_canaries_are_valid_split_and_far_from_the_data(schema, reference) -> None:
     can = make_canaries(schema, n=40, reference=reference, seed=7)
     assert len(can.records) == 40 and sum(can.member) == 20

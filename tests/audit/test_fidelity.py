@@ -8,7 +8,6 @@ import pytest
 from fedsynth.audit.fidelity import evaluate_fidelity
 
 
-
 def test_same_distribution_scores_high_and_broken_pairs_lower(schema, toy) -> None:
     real, syn = toy.population(1500, 1), toy.population(1500, 2)
     good = evaluate_fidelity(real, syn, schema=schema)

@@ -70,10 +70,10 @@ def test_unmeasured_checks_are_skipped_not_failed() -> None:
 
 def test_config_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "gate.toml"
-    path.write_text("[audit]\nn_synthetic = 1000\nshadow = false\n\n[gate]\nmia_auc_max = 0.55\nfidelity_min = 0.9\nmax_epsilon = 5\n")
+    path.write_text("[audit]\nn_synthetic = 1000\nshadow = false\n\n[gate]\nmia_auc_max = 0.55\nfidelity_min = 0.9\nmax_epsilon = 5\ndcr_share_max = false\n")
     cfg = AuditConfig.from_toml(path)
     assert cfg.n_synthetic == 1000 and cfg.shadow is False
-    assert cfg.gate.mia_auc_max == 0.55 and cfg.gate.max_epsilon == 5.0
+    assert cfg.gate.mia_auc_max == 0.55 and cfg.gate.max_epsilon == 5.0 and cfg.gate.dcr_share_max is None
     assert GateConfig.from_toml(path) == cfg.gate
     res = evaluate_gate(_report(), cfg.gate)
     assert [c.name for c in res.failed_checks] == ["fidelity"]

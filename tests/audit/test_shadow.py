@@ -8,7 +8,6 @@ from fedsynth.audit.shadow import ShadowConfig, shadow_attack
 from fedsynth.common.encoding import TabularTransform
 
 
-
 def test_shadow_attack_flags_a_memorising_recipe_only(schema, toy) -> None:
     t = TabularTransform(schema)
     pool = t.transform(toy.population(1200, 31))

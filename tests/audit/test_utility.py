@@ -9,7 +9,6 @@ import numpy as np
 from fedsynth.audit.utility import evaluate_utility
 
 
-
 def test_good_synthetic_data_has_a_small_gap_and_noise_a_large_one(schema, reference, toy) -> None:
     good = evaluate_utility(reference, toy.population(1500, 21), schema=schema)
     assert good is not None and good.target == "death"

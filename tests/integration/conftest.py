@@ -27,7 +27,7 @@ SCHEMA = {
 #: Small enough for 2 busy cores: ~17k parameters, 2 DP steps per round.
 TINY_RUN_CONFIG = {
     "local-steps": 2, "batch-size": 64, "unet-dim": 8, "unet-seq-len": 8, "unet-dim-mults": "1,2",
-    "diffusion-steps": 50, "target-epsilon": 3.0, "round-timeout": 300.0,
+    "diffusion-steps": 50, "target-epsilon": 3.0, "round-timeout": 300.0, "public-pretrain-steps": 5,
 }
 
 
