@@ -1,8 +1,8 @@
-"""fedsynth.audit: central privacy/fidelity/utility audit of a generator artifact and its release gate.
+"""fedsynth.audit: central privacy, fidelity and utility audit of a generator, and its release gate.
 
-The auditor never needs a site's raw rows. It works from (1) canary records with known membership that it
-hands to the sites, (2) an operator-provided reference (holdout) table, and (3) aggregates returned by
-per-site audit jobs (:mod:`fedsynth.audit.site_stats`).
+The auditor never needs a site's raw rows. It works from (1) canary records with known membership
+that it hands to the sites, (2) an operator-provided reference (holdout) table, and (3) aggregates
+returned by per-site audit jobs (:mod:`fedsynth.audit.site_stats`).
 """
 
 from fedsynth.audit.gate import CheckResult, GateConfig, GateResult, evaluate_gate

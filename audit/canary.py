@@ -1,10 +1,11 @@
 """Canary records: in-domain, out-of-distribution rows with known membership, inserted at sites.
 
-The auditor makes canaries from the public schema, keeps ``membership.json`` to itself and sends only
-``insert.csv`` (the member half) to the participating sites, which add those rows to their training data.
-After training, a canary that the generator memorised sits unusually close to (or in a dense region of) the
-synthetic sample; comparing members with the held-out half is a membership-inference test whose ground truth
-the auditor knows without ever seeing a site's own rows.
+The auditor makes canaries from the public schema, keeps ``membership.json`` to itself and sends
+only ``insert.csv`` (the member half) to the participating sites, which add those rows to their
+training data. After training, a canary that the generator memorised sits unusually close to (or in
+a dense region of) the synthetic sample; comparing members with the held-out half is a
+membership-inference test whose ground truth the auditor knows without ever seeing a site's own
+rows.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class CanarySet:
 
     Args:
         records: canary rows in the schema's columns (plus nothing else), index = canary id.
-        member: ``member[i]`` is True when row ``i`` is to be inserted into the sites' training data.
+        member: ``member[i]`` is True when row ``i`` is to be inserted into the sites' training
+            data.
         seed: the seed that made the set.
     """
 
@@ -45,7 +47,9 @@ class CanarySet:
 
     def __post_init__(self) -> None:
         if len(self.records) != len(self.member):
-            raise ValueError(f"{len(self.records)} canaries but {len(self.member)} membership flags")
+            raise ValueError(
+                f"{len(self.records)} canaries but {len(self.member)} membership flags"
+            )
 
     @property
     def members(self) -> pd.DataFrame:
@@ -63,14 +67,20 @@ class CanarySet:
         return m.iloc[site::n_sites]
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``canaries.csv`` + ``membership.json`` (auditor-private) and ``insert.csv`` (for sites)."""
+        """Write ``canaries.csv`` + ``membership.json`` (auditor-private) and ``insert.csv`` (for
+        sites)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / CANARIES_FILE, self.records.to_csv(index_label=ID_COLUMN))
         atomic_write_text(out / INSERT_FILE, self.members.to_csv(index=False))
         atomic_write_json(
             out / MEMBERSHIP_FILE,
-            {"seed": self.seed, "member": {str(i): bool(m) for i, m in zip(self.records.index, self.member, strict=True)}},
+            {
+                "seed": self.seed,
+                "member": {
+                    str(i): bool(m) for i, m in zip(self.records.index, self.member, strict=True)
+                },
+            },
         )
         return out
 
@@ -90,10 +100,16 @@ def _random_rows(schema: Schema, n: int, rng: np.random.Generator) -> pd.DataFra
         if col.kind == "numeric":
             assert col.lower is not None and col.upper is not None
             v = rng.uniform(col.lower, col.upper, n)
-            data[col.name] = np.clip(np.round(v), np.ceil(col.lower), np.floor(col.upper)).astype(np.int64) if col.integer else v
+            data[col.name] = (
+                np.clip(np.round(v), np.ceil(col.lower), np.floor(col.upper)).astype(np.int64)
+                if col.integer
+                else v
+            )
         else:
             cats = list(col.categories)
-            data[col.name] = pd.Series([cats[i] for i in rng.integers(0, len(cats), n)], dtype=object)
+            data[col.name] = pd.Series(
+                [cats[i] for i in rng.integers(0, len(cats), n)], dtype=object
+            )
     return pd.DataFrame(data, columns=list(schema.names))
 
 
@@ -108,9 +124,9 @@ def make_canaries(
 ) -> CanarySet:
     """Draw ``n`` in-domain canaries, far from the reference data, half members and half not.
 
-    Candidates are drawn uniformly over the declared domain; when a reference table is given, the ``n``
-    candidates farthest (in encoded space) from every reference row are kept, so that canaries do not collide
-    with real patients and a generator reproduces them only by memorising them.
+    Candidates are drawn uniformly over the declared domain; when a reference table is given, the
+    ``n`` candidates farthest (in encoded space) from every reference row are kept, so that canaries
+    do not collide with real patients and a generator reproduces them only by memorising them.
 
     Args:
         schema: the public schema.
@@ -139,7 +155,11 @@ def make_canaries(
 
 
 def canary_scores(
-    canaries: CanarySet, synthetic: np.ndarray, transform: TabularTransform, *, backend: Backend = "faiss"
+    canaries: CanarySet,
+    synthetic: np.ndarray,
+    transform: TabularTransform,
+    *,
+    backend: Backend = "faiss",
 ) -> np.ndarray:
     """Distance attack score of each canary: minus its distance to the closest synthetic row."""
     enc = transform.transform(canaries.records[list(transform.schema.names)])

@@ -1,4 +1,4 @@
-"""Audit settings (``[audit]`` table) and release thresholds (``[gate]`` table), loaded from one TOML file.
+"""Audit settings (``[audit]``) and release thresholds (``[gate]``), loaded from one TOML file.
 
 Example::
 
@@ -64,14 +64,28 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in ("faiss", "numpy"):
-            raise ConfigError(f"audit key 'backend' must be 'faiss' or 'numpy', got {self.backend!r}")
+            raise ConfigError(
+                f"audit key 'backend' must be 'faiss' or 'numpy', got {self.backend!r}"
+            )
         if self.domias_model not in ("kde", "gmm"):
-            raise ConfigError(f"audit key 'domias_model' must be 'kde' or 'gmm', got {self.domias_model!r}")
-        for key in ("n_synthetic", "sample_steps", "max_rows", "shadow_models", "shadow_targets", "shadow_steps", "reid_attacks"):
+            raise ConfigError(
+                f"audit key 'domias_model' must be 'kde' or 'gmm', got {self.domias_model!r}"
+            )
+        for key in (
+            "n_synthetic",
+            "sample_steps",
+            "max_rows",
+            "shadow_models",
+            "shadow_targets",
+            "shadow_steps",
+            "reid_attacks",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"audit key '{key}' must be >= 1, got {getattr(self, key)}")
         if self.shadow_models < 2:
-            raise ConfigError("audit key 'shadow_models' must be >= 2 (each target needs IN and OUT models)")
+            raise ConfigError(
+                "audit key 'shadow_models' must be >= 2 (each target needs IN and OUT models)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict."""
@@ -86,7 +100,9 @@ class AuditConfig:
         """
         unknown_top = sorted(set(data) - {"audit", "gate"})
         if unknown_top:
-            raise ConfigError(f"unknown table(s) {unknown_top} in audit config; expected [audit] and [gate]")
+            raise ConfigError(
+                f"unknown table(s) {unknown_top} in audit config; expected [audit] and [gate]"
+            )
         audit = dict(data.get("audit", {}))
         known = {f.name: f for f in fields(cls) if f.name != "gate"}
         unknown = sorted(set(audit) - set(known))
@@ -95,7 +111,9 @@ class AuditConfig:
         for key, value in audit.items():
             expected = type(getattr(cls(), key))
             if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-                raise ConfigError(f"audit key '{key}' must be of type {expected.__name__}, got {value!r}")
+                raise ConfigError(
+                    f"audit key '{key}' must be of type {expected.__name__}, got {value!r}"
+                )
         return cls(**audit, gate=GateConfig.from_mapping(data.get("gate", {})))
 
     @classmethod

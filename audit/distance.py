@@ -42,13 +42,18 @@ class DistanceSummary:
         return d
 
 
-def summarize(distances: np.ndarray, *, max_distance: float | None = None, bins: int = 30) -> DistanceSummary:
+def summarize(
+    distances: np.ndarray, *, max_distance: float | None = None, bins: int = 30
+) -> DistanceSummary:
     """Summarise distances by mean, quantiles and a fixed-edge histogram."""
     d = np.asarray(distances, dtype=np.float64)
     top = float(max_distance) if max_distance is not None else float(d.max(initial=1.0)) or 1.0
     edges = np.linspace(0.0, top, bins + 1)
     counts, _ = np.histogram(np.clip(d, 0.0, top), bins=edges)
-    q = {f"p{int(round(p * 100))}": float(np.quantile(d, p)) if d.size else float("nan") for p in QUANTILES}
+    q = {
+        f"p{int(round(p * 100))}": float(np.quantile(d, p)) if d.size else float("nan")
+        for p in QUANTILES
+    }
     return DistanceSummary(
         n=int(d.size),
         mean=float(d.mean()) if d.size else float("nan"),
@@ -76,7 +81,8 @@ def dcr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "faiss")
 def nndr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "faiss") -> np.ndarray:
     """Nearest-neighbour distance ratio ``d1 / d2`` of each query row w.r.t. ``reference``.
 
-    Values near 0 mean the closest record is much closer than the second: the query isolates one record.
+    Values near 0 mean the closest record is much closer than the second: the query isolates one
+    record.
 
     Returns:
         Array of shape ``(n,)`` in [0, 1] (1 where both distances are 0).
@@ -91,8 +97,8 @@ def nndr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "faiss"
 class DcrShare:
     """The DCR share test: how many synthetic rows are closer to train than to holdout.
 
-    With train and holdout of equal size drawn from the same distribution, a generator that does not copy
-    its training rows gives ``share`` close to 0.5.
+    With train and holdout of equal size drawn from the same distribution, a generator that does not
+    copy its training rows gives ``share`` close to 0.5.
 
     Args:
         share: fraction of synthetic rows closer to train (ties count one half).
@@ -144,8 +150,8 @@ def dcr_share(
 ) -> DcrShare:
     """Fraction of synthetic rows whose closest record lies in ``train`` rather than ``holdout``.
 
-    The larger of ``train``/``holdout`` is subsampled (seeded) to the size of the smaller, so that the
-    ideal value is exactly 0.5.
+    The larger of ``train``/``holdout`` is subsampled (seeded) to the size of the smaller, so that
+    the ideal value is exactly 0.5.
 
     Args:
         synthetic: array of shape ``(n, d)``.

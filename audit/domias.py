@@ -1,8 +1,9 @@
 """DOMIAS-style density-ratio membership attack (van Breugel et al., AISTATS 2023).
 
-A generator that overfits puts more probability mass on its training records than the population does. The
-attack scores a candidate ``x`` by ``log p_synthetic(x) - log p_reference(x)``, both densities fitted in the
-encoded feature space; the reference (holdout) set stands in for the population.
+A generator that overfits puts more probability mass on its training records than the population
+does. The attack scores a candidate ``x`` by ``log p_synthetic(x) - log p_reference(x)``, both
+densities fitted in the encoded feature space; the reference (holdout) set stands in for the
+population.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _scott(x: np.ndarray) -> float:
     return sigma * n ** (-1.0 / (d + 4))
 
 
-def _log_density(fit: np.ndarray, query: np.ndarray, cfg: DomiasConfig, bandwidth: float) -> np.ndarray:
+def _log_density(
+    fit: np.ndarray, query: np.ndarray, cfg: DomiasConfig, bandwidth: float
+) -> np.ndarray:
     if cfg.model == "kde":
         return KernelDensity(bandwidth=bandwidth).fit(fit).score_samples(query)
     if cfg.model == "gmm":
@@ -63,13 +66,14 @@ def domias_scores(
     *,
     config: DomiasConfig | None = None,
 ) -> np.ndarray:
-    """Density-ratio membership scores of ``candidates``; higher means "more likely a training member".
+    """Density-ratio membership scores of ``candidates``; higher means "more likely a training
+    member".
 
     Args:
         candidates: encoded rows to score, shape ``(n, F)``.
         synthetic: encoded synthetic sample, shape ``(m, F)``.
-        reference: encoded population sample the generator did not see, shape ``(r, F)``; it must not
-            contain the non-member candidates (split it first).
+        reference: encoded population sample the generator did not see, shape ``(r, F)``; it must
+            not contain the non-member candidates (split it first).
         config: attack settings.
 
     Returns:

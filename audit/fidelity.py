@@ -2,14 +2,15 @@
 
 * Column shapes: ``KSComplement`` (1 - Kolmogorov-Smirnov statistic) for numeric columns and
   ``TVComplement`` (1 - total variation distance) for categorical/binary ones.
-* Column-pair trends: ``CorrelationSimilarity`` (1 - |rho_real - rho_syn| / 2, Pearson) for numeric pairs and
-  ``ContingencySimilarity`` (1 - total variation distance of the joint table) for every other pair, with
-  numeric columns cut into 10 bins of equal width over the real range.
+* Column-pair trends: ``CorrelationSimilarity`` (1 - |rho_real - rho_syn| / 2, Pearson) for numeric
+  pairs and ``ContingencySimilarity`` (1 - total variation distance of the joint table) for every
+  other pair, with numeric columns cut into 10 bins of equal width over the real range.
 * Overall score: the mean of the two property scores, as in SDMetrics.
 
 This re-implements the SDMetrics metric definitions (same formulas) in vectorised NumPy because
-``sdmetrics.reports.single_table.QualityReport`` 0.32 returned NaN column-pair scores on our stack and is slow
-on 2 cores; ``tests/audit/test_fidelity.py`` checks the column-shape scores against SDMetrics' own metrics.
+``sdmetrics.reports.single_table.QualityReport`` 0.32 returned NaN column-pair scores on our stack
+and is slow on 2 cores; ``tests/audit/test_fidelity.py`` checks the column-shape scores against
+SDMetrics' own metrics.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def tv_complement(real: np.ndarray, synthetic: np.ndarray, n_codes: int) -> floa
     return float(1.0 - 0.5 * np.abs(p - q).sum())
 
 
-def _codes(real: pd.Series, synthetic: pd.Series, *, numeric: bool) -> tuple[np.ndarray, np.ndarray, int]:
-    """Discretise a column pair into shared integer codes (numeric: 10 equal bins over the real range)."""
+def _codes(
+    real: pd.Series, synthetic: pd.Series, *, numeric: bool
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Discretise a column pair into shared integer codes (numeric: 10 equal bins over the real
+    range)."""
     if numeric:
         r = pd.to_numeric(real, errors="coerce").to_numpy(dtype=float)
         s = pd.to_numeric(synthetic, errors="coerce").to_numpy(dtype=float)
@@ -87,7 +91,12 @@ def _codes(real: pd.Series, synthetic: pd.Series, *, numeric: bool) -> tuple[np.
 
 
 def evaluate_fidelity(
-    real: pd.DataFrame, synthetic: pd.DataFrame, *, schema: Schema, max_rows: int = 5000, seed: int = 0
+    real: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    *,
+    schema: Schema,
+    max_rows: int = 5000,
+    seed: int = 0,
 ) -> FidelityReport:
     """Score how well ``synthetic`` reproduces the marginals and pairwise trends of ``real``.
 
@@ -98,7 +107,9 @@ def evaluate_fidelity(
         max_rows: rows of each table used (seeded subsample).
         seed: subsampling seed.
     """
-    real = real.sample(n=min(max_rows, len(real)), random_state=seed) if len(real) > max_rows else real
+    real = (
+        real.sample(n=min(max_rows, len(real)), random_state=seed) if len(real) > max_rows else real
+    )
     synthetic = (
         synthetic.sample(n=min(max_rows, len(synthetic)), random_state=seed)
         if len(synthetic) > max_rows
@@ -118,8 +129,14 @@ def evaluate_fidelity(
         else:
             shapes[name] = tv_complement(codes[name][0], codes[name][1], codes[name][2])
     num_cols = [n for n in names if numeric[n]]
-    corr_r = real[num_cols].apply(pd.to_numeric, errors="coerce").corr().to_numpy() if num_cols else None
-    corr_s = synthetic[num_cols].apply(pd.to_numeric, errors="coerce").corr().to_numpy() if num_cols else None
+    corr_r = (
+        real[num_cols].apply(pd.to_numeric, errors="coerce").corr().to_numpy() if num_cols else None
+    )
+    corr_s = (
+        synthetic[num_cols].apply(pd.to_numeric, errors="coerce").corr().to_numpy()
+        if num_cols
+        else None
+    )
     pos = {n: i for i, n in enumerate(num_cols)}
     pair_scores: list[float] = []
     for i, a in enumerate(names):

@@ -1,4 +1,4 @@
-"""Nearest-neighbour search behind one small protocol: FAISS (fast) and exact NumPy (reference) backends."""
+"""Nearest-neighbour search behind one protocol: FAISS and an exact NumPy reference backend."""
 
 from __future__ import annotations
 

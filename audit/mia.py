@@ -1,17 +1,19 @@
-"""Membership-inference metrics from attack scores: ROC AUC, TPR at low FPR, and an empirical epsilon bound.
+"""Membership-inference metrics from attack scores: AUC, TPR at low FPR, empirical epsilon bound.
 
-Attacks (:mod:`~fedsynth.audit.canary`, :mod:`~fedsynth.audit.domias`, :mod:`~fedsynth.audit.shadow`) produce a
-score per candidate record, higher meaning "more likely a member". This module turns scores and true
-membership labels into figures with confidence intervals.
+Attacks (:mod:`~fedsynth.audit.canary`, :mod:`~fedsynth.audit.domias`,
+:mod:`~fedsynth.audit.shadow`) produce a score per candidate record, higher meaning "more likely a
+member". This module turns scores and true membership labels into figures with confidence intervals.
 
-The empirical epsilon lower bound follows the auditing recipe of Jagielski et al. (2020) and Nasr et al.
-(2021): for a threshold test with true/false positive rates TPR/FPR, (epsilon, delta)-DP implies
-``TPR <= exp(epsilon) * FPR + delta`` (and the same for TNR/FNR), so with one-sided Clopper-Pearson bounds
+The empirical epsilon lower bound follows the auditing recipe of Jagielski et al. (2020) and Nasr et
+al. (2021): for a threshold test with true/false positive rates TPR/FPR, (epsilon, delta)-DP implies
+``TPR <= exp(epsilon) * FPR + delta`` (and the same for TNR/FNR), so with one-sided Clopper-Pearson
+bounds
 
     epsilon >= ln((TPR_low - delta) / FPR_high)
 
-holds with confidence ``1 - 2 * alpha`` for a fixed threshold. We report the maximum over thresholds, which is
-optimistic for the attacker (no correction for the threshold choice); with few canaries it stays small.
+holds with confidence ``1 - 2 * alpha`` for a fixed threshold. We report the maximum over
+thresholds, which is optimistic for the attacker (no correction for the threshold choice); with few
+canaries it stays small.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 DEFAULT_FPRS = (0.001, 0.01)
 
 
-def clopper_pearson(k: np.ndarray | int, n: int, *, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def clopper_pearson(
+    k: np.ndarray | int, n: int, *, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """One-sided Clopper-Pearson bounds of a binomial proportion.
 
     Args:
@@ -36,11 +40,14 @@ def clopper_pearson(k: np.ndarray | int, n: int, *, alpha: float = 0.05) -> tupl
         alpha: each bound holds with probability ``1 - alpha``.
 
     Returns:
-        ``(lower, upper)`` arrays: ``P(p >= lower) >= 1 - alpha`` and ``P(p <= upper) >= 1 - alpha``.
+        ``(lower, upper)`` arrays: ``P(p >= lower) >= 1 - alpha`` and ``P(p <= upper) >= 1 -
+        alpha``.
     """
     k_arr = np.asarray(k, dtype=np.float64)
     lower = np.where(k_arr > 0, stats.beta.ppf(alpha, np.maximum(k_arr, 1e-12), n - k_arr + 1), 0.0)
-    upper = np.where(k_arr < n, stats.beta.ppf(1 - alpha, k_arr + 1, np.maximum(n - k_arr, 1e-12)), 1.0)
+    upper = np.where(
+        k_arr < n, stats.beta.ppf(1 - alpha, k_arr + 1, np.maximum(n - k_arr, 1e-12)), 1.0
+    )
     return np.nan_to_num(lower, nan=0.0), np.nan_to_num(upper, nan=1.0)
 
 
@@ -134,7 +141,9 @@ class MiaResult:
             auc=float(d["auc"]),
             auc_ci=(float(d["auc_ci"][0]), float(d["auc_ci"][1])),
             tpr_at_fpr={str(k): float(v) for k, v in d["tpr_at_fpr"].items()},
-            tpr_at_fpr_ci={str(k): (float(v[0]), float(v[1])) for k, v in d["tpr_at_fpr_ci"].items()},
+            tpr_at_fpr_ci={
+                str(k): (float(v[0]), float(v[1])) for k, v in d["tpr_at_fpr_ci"].items()
+            },
             epsilon_lower_bound=float(d["epsilon_lower_bound"]),
             n_members=int(d["n_members"]),
             n_nonmembers=int(d["n_nonmembers"]),
@@ -144,7 +153,9 @@ class MiaResult:
         )
 
 
-def _thin(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 200) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _thin(
+    fpr: np.ndarray, tpr: np.ndarray, max_points: int = 200
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if len(fpr) > max_points:
         keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, max_points).astype(int), len(fpr) - 1])
         fpr, tpr = fpr[keep], tpr[keep]
@@ -180,11 +191,17 @@ def evaluate_attack(
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(int)
     if s.shape != y.shape or s.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D of one length, got {s.shape} and {y.shape}")
+        raise ValueError(
+            f"scores and labels must be 1-D of one length, got {s.shape} and {y.shape}"
+        )
     pos, neg = np.nonzero(y == 1)[0], np.nonzero(y == 0)[0]
     if len(pos) == 0 or len(neg) == 0:
-        raise ValueError(f"attack '{attack}' needs both members and non-members (got {len(pos)}/{len(neg)})")
-    s = np.nan_to_num(s, nan=-np.inf, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
+        raise ValueError(
+            f"attack '{attack}' needs both members and non-members (got {len(pos)}/{len(neg)})"
+        )
+    s = np.nan_to_num(
+        s, nan=-np.inf, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max
+    )
     fpr, tpr, _ = roc_curve(y, s)
     auc = float(roc_auc_score(y, s))
     rng = np.random.default_rng(seed)

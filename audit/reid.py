@@ -1,11 +1,14 @@
-"""Re-identification risks with anonymeter (Giomi et al., PoPETs 2023): singling out, linkability, inference.
+"""Re-identification risks with anonymeter (Giomi et al., PoPETs 2023).
 
-anonymeter compares attacks on the records a generator was trained on (``ori``) with the same attacks on
-records it never saw (``control``); the risk is the excess success on ``ori``. The auditor never holds a
-site's rows, so this runs either at the site (:func:`fedsynth.audit.site_stats.site_audit_stats` with
-``reid=True``: ``ori`` = the site's rows, ``control`` = reference rows) or centrally on canaries (``ori`` =
-member canaries, ``control`` = held-out canaries), a worst case since canaries are outliers.
-Attack counts are bounded to keep the cost small on 2 cores.
+Three attacks: singling out, linkability and attribute inference.
+
+anonymeter compares attacks on the records a generator was trained on (``ori``) with the same
+attacks on records it never saw (``control``); the risk is the excess success on ``ori``. The
+auditor never holds a site's rows, so this runs either at the site
+(:func:`fedsynth.audit.site_stats.site_audit_stats` with ``reid=True``: ``ori`` = the site's rows,
+``control`` = reference rows) or centrally on canaries (``ori`` = member canaries, ``control`` =
+held-out canaries), a worst case since canaries are outliers. Attack counts are bounded to keep the
+cost small on 2 cores.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsynth.common.schema import Schema
+from fedsynth.common.schema import Schema, canonical
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,25 @@ def _figure(evaluator: Any, n_attacks: int) -> RiskFigure:
         risk=float(risk.value),
         ci=(float(risk.ci[0]), float(risk.ci[1])),
         attack_rate=float(res.attack_rate.value),
-        control_rate=float(res.control_rate.value) if res.control_rate is not None else float("nan"),
+        control_rate=float(res.control_rate.value)
+        if res.control_rate is not None
+        else float("nan"),
         baseline_rate=float(res.baseline_rate.value),
         n_attacks=n_attacks,
     )
+
+
+def _harmonise(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Give every frame the same columns and dtypes (anonymeter refuses e.g. CSV ints vs floats)."""
+    out = {}
+    for col in schema.columns:
+        if col.kind == "numeric":
+            out[col.name] = pd.to_numeric(df[col.name], errors="coerce").astype(float)
+        else:
+            out[col.name] = (
+                df[col.name].map(lambda v: None if pd.isna(v) else canonical(v)).astype(object)
+            )
+    return pd.DataFrame(out, columns=list(schema.names)).reset_index(drop=True)
 
 
 def reid_risks(
@@ -84,14 +102,14 @@ def reid_risks(
         seed: random seed.
 
     Returns:
-        ``{"singling_out": ..., "linkability": ..., "inference": ...}`` as dicts of :class:`RiskFigure`;
-        an evaluator that fails is reported as ``{"error": message}``.
+        ``{"singling_out": ..., "linkability": ..., "inference": ...}`` as dicts of
+        :class:`RiskFigure`; an evaluator that fails is reported as ``{"error": message}``.
     """
     from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
 
     cols = list(schema.names)
-    ori, control = ori[cols].reset_index(drop=True), control[cols].reset_index(drop=True)
-    syn = synthetic[cols].sample(n=min(max_rows, len(synthetic)), random_state=seed).reset_index(drop=True)
+    ori, control = _harmonise(ori, schema), _harmonise(control, schema)
+    syn = _harmonise(synthetic.sample(n=min(max_rows, len(synthetic)), random_state=seed), schema)
     n = int(max(1, min(n_attacks, len(control), len(ori))))
     rng = np.random.default_rng(seed)
     shuffled = list(rng.permutation(cols))
@@ -100,16 +118,34 @@ def reid_risks(
     aux = [c for c in cols if c != secret]
     out: dict[str, dict[str, Any]] = {}
     jobs = {
-        "singling_out": lambda: SinglingOutEvaluator(ori=ori, syn=syn, control=control, n_attacks=n, n_cols=3, max_attempts=20 * n, seed=seed),
-        "linkability": lambda: LinkabilityEvaluator(ori=ori, syn=syn, control=control, n_attacks=n, aux_cols=(shuffled[:half], shuffled[half:])),
-        "inference": lambda: InferenceEvaluator(ori=ori, syn=syn, control=control, n_attacks=n, aux_cols=aux, secret=secret, regression=schema.column(secret).kind == "numeric"),
+        "singling_out": lambda: SinglingOutEvaluator(
+            ori=ori, syn=syn, control=control, n_attacks=n, n_cols=3, max_attempts=20 * n, seed=seed
+        ),
+        "linkability": lambda: LinkabilityEvaluator(
+            ori=ori,
+            syn=syn,
+            control=control,
+            n_attacks=n,
+            aux_cols=(shuffled[:half], shuffled[half:]),
+        ),
+        "inference": lambda: InferenceEvaluator(
+            ori=ori,
+            syn=syn,
+            control=control,
+            n_attacks=n,
+            aux_cols=aux,
+            secret=secret,
+            regression=schema.column(secret).kind == "numeric",
+        ),
     }
     for name, make in jobs.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ev = make()
-                ev.evaluate(n_jobs=1) if name != "singling_out" else ev.evaluate(mode="multivariate")
+                ev.evaluate(n_jobs=1) if name != "singling_out" else ev.evaluate(
+                    mode="multivariate"
+                )
                 out[name] = _figure(ev, n).to_dict()
         except Exception as exc:  # anonymeter raises plain exceptions (e.g. too few queries found)
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}

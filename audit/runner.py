@@ -1,9 +1,9 @@
-"""The audit facade: pool a generator's synthetic sample, run every check, apply the gate, write the report.
+"""The audit facade: sample the generator, run every check, apply the gate, write the report.
 
 Inputs the auditor may hold (never a site's raw rows): the generator artifact, an operator reference
 (holdout) table, a canary set with known membership, and per-site aggregates from
-:func:`fedsynth.audit.site_stats.site_audit_stats`. The utility baseline (train on real) is trained on half of
-the reference table and both baselines are tested on the other half.
+:func:`fedsynth.audit.site_stats.site_audit_stats`. The utility baseline (train on real) is trained
+on half of the reference table and both baselines are tested on the other half.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ class AuditReport:
     gate: GateResult
     config: AuditConfig
     notes: tuple[str, ...] = ()
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict (the content of ``audit.json``; NaN becomes ``null``)."""
@@ -87,25 +89,54 @@ class AuditReport:
         )
 
 
+def _spent_epsilons(record: Any) -> list[float]:
+    """Numeric values of keys naming a spent epsilon (``epsilon``, ``epsilon-max``; not budgets)."""
+    if not isinstance(record, dict):
+        return []
+    return [
+        float(v)
+        for k, v in record.items()
+        if "epsilon" in str(k)
+        and "budget" not in str(k)
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+    ]
+
+
+def _round_epsilon(entry: dict[str, Any]) -> list[float]:
+    values = _spent_epsilons(entry) + _spent_epsilons(entry.get("aggregated"))
+    nested = entry.get("epsilon_per_site") or entry.get("epsilons") or {}
+    if isinstance(nested, dict):
+        values += [float(v) for v in nested.values() if isinstance(v, (int, float))]
+    for site in entry.get("sites") or []:  # per-site replies: {"site_id", "metrics": {...}}
+        if isinstance(site, dict) and site.get("accepted", True):
+            values += _spent_epsilons(site.get("metrics"))
+    return values
+
+
 def privacy_from_ledger(ledger: dict[str, Any]) -> dict[str, Any]:
-    """Worst-site accountant epsilon/delta and epsilon per round from an artifact's ``privacy_ledger.json``."""
+    """Worst-site accountant epsilon/delta and epsilon per round from an artifact's
+    ``privacy_ledger.json``.
+
+    Reads ``sites.<id>.epsilon/delta`` and, per ``history`` entry, the round number (``round`` or
+    ``server_round``) and the largest spent epsilon found at the top level, under ``aggregated``, in
+    an ``epsilon_per_site`` mapping or in the ``sites[].metrics`` replies (budgets are ignored).
+    """
     sites = ledger.get("sites") or {}
     eps = [float(s["epsilon"]) for s in sites.values() if s.get("epsilon") is not None]
     deltas = [float(s["delta"]) for s in sites.values() if s.get("delta") is not None]
     per_round: list[dict[str, float]] = []
     for i, entry in enumerate(ledger.get("history") or []):
-        if not isinstance(entry, dict):
-            continue
-        values = [float(v) for k, v in entry.items() if "epsilon" in str(k) and isinstance(v, (int, float))]
-        nested = entry.get("epsilon_per_site") or entry.get("epsilons") or {}
-        if isinstance(nested, dict):
-            values += [float(v) for v in nested.values() if isinstance(v, (int, float))]
+        values = _round_epsilon(entry) if isinstance(entry, dict) else []
         if values:
-            per_round.append({"round": float(entry.get("round", entry.get("server_round", i + 1))), "epsilon": max(values)})
+            number = entry.get("round", entry.get("server_round", i + 1))
+            per_round.append({"round": float(number), "epsilon": max(values)})
     return {
         "accountant_epsilon": max(eps) if eps else None,
-        "delta": max(deltas) if deltas else None,
-        "per_site": {k: {"epsilon": v.get("epsilon"), "delta": v.get("delta")} for k, v in sites.items()},
+        "delta": max(deltas) if deltas else (ledger.get("delta") or None),
+        "per_site": {
+            k: {"epsilon": v.get("epsilon"), "delta": v.get("delta")} for k, v in sites.items()
+        },
         "epsilon_per_round": per_round,
     }
 
@@ -163,18 +194,45 @@ def audit_synthetic(
     ref = None
     if reference is not None:
         ref = t.transform(reference[cols])
-        ref_sub = ref if len(ref) <= cfg.max_rows else ref[rng.choice(len(ref), cfg.max_rows, replace=False)]
-        distance["dcr_synthetic_to_reference"] = summarize(dcr(syn, ref_sub, backend=backend), max_distance=max_d).to_dict()
-        distance["nndr_synthetic_to_reference"] = summarize(nndr(syn, ref_sub, backend=backend), max_distance=1.0).to_dict()
+        ref_sub = (
+            ref
+            if len(ref) <= cfg.max_rows
+            else ref[rng.choice(len(ref), cfg.max_rows, replace=False)]
+        )
+        distance["dcr_synthetic_to_reference"] = summarize(
+            dcr(syn, ref_sub, backend=backend), max_distance=max_d
+        ).to_dict()
+        distance["nndr_synthetic_to_reference"] = summarize(
+            nndr(syn, ref_sub, backend=backend), max_distance=1.0
+        ).to_dict()
     if canaries is not None:
         labels = canaries.labels
         scores = canary_scores(canaries, syn, t, backend=backend)
-        mia["canary"] = evaluate_attack("canary", scores, labels, delta=delta, seed=cfg.seed, notes="distance of each canary to the closest synthetic row")
-        distance["canary_dcr"] = {"members": summarize(-scores[labels == 1], max_distance=max_d).to_dict(), "nonmembers": summarize(-scores[labels == 0], max_distance=max_d).to_dict()}
+        mia["canary"] = evaluate_attack(
+            "canary",
+            scores,
+            labels,
+            delta=delta,
+            seed=cfg.seed,
+            notes="distance of each canary to the closest synthetic row",
+        )
+        distance["canary_dcr"] = {
+            "members": summarize(-scores[labels == 1], max_distance=max_d).to_dict(),
+            "nonmembers": summarize(-scores[labels == 0], max_distance=max_d).to_dict(),
+        }
         if ref is not None:
             enc = t.transform(canaries.records[cols])
-            dens = domias_scores(enc, syn, ref, config=DomiasConfig(model=cfg.domias_model, seed=cfg.seed))  # type: ignore[arg-type]
-            mia["canary_domias"] = evaluate_attack("canary_domias", dens, labels, delta=delta, seed=cfg.seed, notes="density ratio p_synthetic/p_reference at each canary")
+            dens = domias_scores(
+                enc, syn, ref, config=DomiasConfig(model=cfg.domias_model, seed=cfg.seed)
+            )  # type: ignore[arg-type]
+            mia["canary_domias"] = evaluate_attack(
+                "canary_domias",
+                dens,
+                labels,
+                delta=delta,
+                seed=cfg.seed,
+                notes="density ratio p_synthetic/p_reference at each canary",
+            )
     else:
         notes.append("no canaries given: the canary membership test was skipped")
     if site_stats:
@@ -187,24 +245,48 @@ def audit_synthetic(
         if site_reid:
             reid = {**site_reid, "source": "sites"}
     else:
-        notes.append("no per-site stats given: the DCR share test and site-level attacks were skipped")
+        notes.append(
+            "no per-site stats given: the DCR share test and site-level attacks were skipped"
+        )
     if reid is None and cfg.reid and canaries is not None:
-        # no site ran anonymeter: probe the worst case centrally, member canaries vs held-out canaries
+        # no site ran anonymeter: probe the worst case centrally, member canaries vs held-out
+        # canaries
         members = canaries.records[canaries.labels == 1]
-        reid = {**reid_risks(members, synthetic, canaries.records[canaries.labels == 0], schema=schema,
-                             n_attacks=cfg.reid_attacks, seed=cfg.seed), "source": "canaries"}
+        reid = {
+            **reid_risks(
+                members,
+                synthetic,
+                canaries.records[canaries.labels == 0],
+                schema=schema,
+                n_attacks=cfg.reid_attacks,
+                seed=cfg.seed,
+            ),
+            "source": "canaries",
+        }
     elif reid is None:
-        notes.append("re-identification risks not computed (no site ran anonymeter and no canaries were given)")
+        why = "disabled in the config" if not cfg.reid else "no site ran anonymeter and no canaries"
+        notes.append(f"re-identification risks not computed ({why})")
     if shadow_trainer is not None and cfg.shadow and ref is not None:
-        shadow_cfg = ShadowConfig(n_shadow=cfg.shadow_models, n_targets=cfg.shadow_targets, seed=cfg.seed,
-                                  train_size=min(300, len(ref) // 2), n_synthetic=300)
-        mia["shadow"] = shadow_attack(ref, trainer=shadow_trainer, config=shadow_cfg, delta=delta, backend=backend)
+        shadow_cfg = ShadowConfig(
+            n_shadow=cfg.shadow_models,
+            n_targets=cfg.shadow_targets,
+            seed=cfg.seed,
+            train_size=min(300, len(ref) // 2),
+            n_synthetic=300,
+        )
+        mia["shadow"] = shadow_attack(
+            ref, trainer=shadow_trainer, config=shadow_cfg, delta=delta, backend=backend
+        )
     elif cfg.shadow:
         notes.append("shadow attack skipped (needs a reference table and a trainer)")
     fidelity = utility = None
     if reference is not None:
-        fidelity = evaluate_fidelity(reference, synthetic, schema=schema, max_rows=cfg.max_rows, seed=cfg.seed).to_dict()
-        util = evaluate_utility(reference, synthetic, schema=schema, max_rows=cfg.max_rows, seed=cfg.seed)
+        fidelity = evaluate_fidelity(
+            reference, synthetic, schema=schema, max_rows=cfg.max_rows, seed=cfg.seed
+        ).to_dict()
+        util = evaluate_utility(
+            reference, synthetic, schema=schema, max_rows=cfg.max_rows, seed=cfg.seed
+        )
         utility = util.to_dict() if util else None
         if util is None:
             notes.append("utility skipped: the schema has no categorical target")
@@ -233,19 +315,29 @@ def audit_synthetic(
     )
 
 
-def _default_trainer(generator: Any, cfg: AuditConfig, privacy: dict[str, Any], n_pool: int) -> ShadowTrainer | None:
-    """Shadow trainer that repeats the artifact's recipe in miniature, with noise giving the same epsilon."""
+def _default_trainer(
+    generator: Any, cfg: AuditConfig, privacy: dict[str, Any], n_pool: int
+) -> ShadowTrainer | None:
+    """Shadow trainer that repeats the artifact's recipe in miniature, with noise giving the same
+    epsilon."""
     try:
         from fedsynth.audit.shadow import diffusion_trainer
         from fedsynth.common.training import calibrate_noise, planned_sample_rate
 
         run = generator.run_config
-        eps, delta = privacy.get("accountant_epsilon"), float(privacy.get("delta") or run.get("target-delta", 1e-5))
+        eps, delta = (
+            privacy.get("accountant_epsilon"),
+            float(privacy.get("delta") or run.get("target-delta", 1e-5)),
+        )
         batch = 64
         noise = None
-        if eps:  # a DP artifact: calibrate the shadow models to spend the same epsilon in their few steps
-            noise = calibrate_noise(target_epsilon=float(eps), delta=delta, steps=cfg.shadow_steps,
-                                    sample_rate=planned_sample_rate(n_pool, batch))
+        if eps:  # a DP artifact: shadow models spend the same epsilon in their few steps
+            noise = calibrate_noise(
+                target_epsilon=float(eps),
+                delta=delta,
+                steps=cfg.shadow_steps,
+                sample_rate=planned_sample_rate(n_pool, batch),
+            )
         return diffusion_trainer(
             n_features=generator.transform.n_features,
             model_config=generator.model.config,
@@ -281,11 +373,13 @@ def run_audit(
         canaries: the canary set used in training.
         site_stats: per-site aggregates.
         config: settings and thresholds.
-        out_dir: where to write the report (default ``<generator_dir>/audit``); the report is also copied
-            there when another folder is given.
-        shadow_trainer: override the shadow-model trainer (default: the artifact's own recipe, tiny).
-        synthetic: the sample to audit, when it was drawn beforehand with :func:`sample_for_audit` and sent
-            to the sites for their per-site jobs; by default a fresh sample of ``config.n_synthetic`` rows.
+        out_dir: where to write the report (default ``<generator_dir>/audit``); the report is also
+            copied there when another folder is given.
+        shadow_trainer: override the shadow-model trainer (default: the artifact's own recipe,
+            tiny).
+        synthetic: the sample to audit, when it was drawn beforehand with :func:`sample_for_audit`
+            and sent to the sites for their per-site jobs; by default a fresh sample of
+            ``config.n_synthetic`` rows.
         mark_artifact: write ``audit_status.json`` into the artifact (release or block it).
 
     Raises:
@@ -304,7 +398,9 @@ def run_audit(
     privacy = privacy_from_ledger(ledger)
     trainer = shadow_trainer
     if trainer is None and cfg.shadow and reference is not None:
-        trainer = _default_trainer(generator, cfg, privacy, min(300, len(reference) // 2) + cfg.shadow_targets // 2)
+        trainer = _default_trainer(
+            generator, cfg, privacy, min(300, len(reference) // 2) + cfg.shadow_targets // 2
+        )
     report = audit_synthetic(
         synthetic,
         schema=generator.schema,
@@ -314,9 +410,17 @@ def run_audit(
         privacy=privacy,
         config=cfg,
         shadow_trainer=trainer,
-        generator_info={"path": str(path), "version": generator.version, "n_synthetic": len(synthetic)},
+        generator_info={
+            "path": str(path),
+            "version": generator.version,
+            "n_synthetic": len(synthetic),
+        },
     )
-    targets = [path / AUDIT_DIR] + ([Path(out_dir)] if out_dir is not None and Path(out_dir).resolve() != (path / AUDIT_DIR).resolve() else [])
+    targets = [path / AUDIT_DIR] + (
+        [Path(out_dir)]
+        if out_dir is not None and Path(out_dir).resolve() != (path / AUDIT_DIR).resolve()
+        else []
+    )
     for target in targets:
         write_report(report, target, real=reference, synthetic=synthetic, schema=generator.schema)
     if mark_artifact:
@@ -330,8 +434,11 @@ def run_audit(
     return report
 
 
-def sample_for_audit(generator_dir: str | os.PathLike[str], *, config: AuditConfig | None = None) -> pd.DataFrame:
-    """Draw the audit sample from an artifact that need not be released yet (the auditor's privilege).
+def sample_for_audit(
+    generator_dir: str | os.PathLike[str], *, config: AuditConfig | None = None
+) -> pd.DataFrame:
+    """Draw the audit sample from an artifact that need not be released yet (the auditor's
+    privilege).
 
     Send it to the sites for :func:`~fedsynth.audit.site_stats.site_audit_stats`, then pass it to
     :func:`run_audit` as ``synthetic`` so that every figure refers to the same rows.
@@ -339,7 +446,9 @@ def sample_for_audit(generator_dir: str | os.PathLike[str], *, config: AuditConf
     from fedsynth.common.artifact import load_generator
 
     cfg = config or AuditConfig()
-    return load_generator(generator_dir).sample(cfg.n_synthetic, steps=cfg.sample_steps, seed=cfg.seed)
+    return load_generator(generator_dir).sample(
+        cfg.n_synthetic, steps=cfg.sample_steps, seed=cfg.seed
+    )
 
 
 def headline(report: AuditReport) -> dict[str, Any]:
@@ -352,6 +461,8 @@ def headline(report: AuditReport) -> dict[str, Any]:
             "utility_auc_gap": (d["utility"] or {}).get("max_auc_gap"),
             "mia_auc": {k: v["auc"] for k, v in d["mia"].items()},
             "accountant_epsilon": report.privacy.get("accountant_epsilon"),
-            "empirical_epsilon_lower_bound": max((v.epsilon_lower_bound for v in report.mia.values()), default=None),
+            "empirical_epsilon_lower_bound": max(
+                (v.epsilon_lower_bound for v in report.mia.values()), default=None
+            ),
         }
     )

@@ -1,17 +1,20 @@
 """Shadow-model membership attack: train small generators with and without target rows, then test.
 
-This estimates how much the *training recipe* leaks about single records, on data the auditor holds (the
-reference table), so no site data is needed. Following the "shadow model" attacks on synthetic data
-(Stadler et al., USENIX Security 2022) in a LiRA-like, cheap form (Carlini et al., S&P 2022):
+This estimates how much the *training recipe* leaks about single records, on data the auditor holds
+(the reference table), so no site data is needed. Following the "shadow model" attacks on synthetic
+data (Stadler et al., USENIX Security 2022) in a LiRA-like, cheap form (Carlini et al., S&P 2022):
 
-1. every shadow generator is trained on a random subset of the reference pool plus a random half of the
-   target rows (so each target is IN for about half of the shadow models and OUT for the rest);
-2. each target is scored against each shadow model's synthetic sample by minus its distance to the closest
-   synthetic row, centred per target across the shadow models (this removes how "typical" a target is);
-3. the AUC of those scores against the IN/OUT truth over all (target, shadow model) games is reported.
+1. every shadow generator is trained on a random subset of the reference pool plus a random half of
+   the target rows (so each target is IN for about half of the shadow models and OUT for the rest);
+2. each target is scored against each shadow model's synthetic sample by minus its distance to the
+   closest synthetic row, centred per target across the shadow models (this removes how "typical" a
+   target is);
+3. the AUC of those scores against the IN/OUT truth over all (target, shadow model) games is
+   reported.
 
 Training is pluggable (:data:`ShadowTrainer`) so tests can use cheap fake generators;
-:func:`diffusion_trainer` trains the project's diffusion model, kept tiny (few steps) to fit a CPU budget.
+:func:`diffusion_trainer` trains the project's diffusion model, kept tiny (few steps) to fit a CPU
+budget.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ def shadow_attack(
         pool: encoded reference rows to draw shadow training sets from, shape ``(n, F)``.
         trainer: trains a generator and returns its synthetic sample.
         config: cost knobs.
-        targets: encoded target rows; by default the ``n_targets`` pool rows farthest from their nearest
-            neighbour in the pool (outliers are the most exposed records).
+        targets: encoded target rows; by default the ``n_targets`` pool rows farthest from their
+            nearest neighbour in the pool (outliers are the most exposed records).
         delta: delta for the empirical epsilon bound.
         backend: nearest-neighbour backend.
 
@@ -89,7 +92,9 @@ def shadow_attack(
     inside = np.arange(0)
     for j in range(cfg.n_shadow):
         # pairs of shadow models: a random half of the targets IN, then exactly the other half IN
-        inside = rng.permutation(n_t)[: n_t // 2] if j % 2 == 0 else np.setdiff1d(np.arange(n_t), inside)
+        inside = (
+            rng.permutation(n_t)[: n_t // 2] if j % 2 == 0 else np.setdiff1d(np.arange(n_t), inside)
+        )
         member[inside, j] = 1
         base = pool[rng.choice(len(pool), min(cfg.train_size, len(pool)), replace=False)]
         data = np.concatenate([base, targets[inside]])
@@ -102,7 +107,8 @@ def shadow_attack(
         member.ravel(),
         delta=delta,
         seed=cfg.seed,
-        notes=f"{cfg.n_shadow} shadow generators x {n_t} targets; measures the training recipe on reference data",
+        notes=f"{cfg.n_shadow} shadow generators x {n_t} targets; "
+        "measures the training recipe on reference data",
     )
 
 
@@ -119,7 +125,8 @@ def diffusion_trainer(
     delta: float = 1e-5,
     sample_steps: int = 20,
 ) -> ShadowTrainer:
-    """A :data:`ShadowTrainer` that trains the project's diffusion denoiser (DP when ``noise_multiplier``).
+    """A :data:`ShadowTrainer` that trains the project's diffusion denoiser (DP when
+    ``noise_multiplier``).
 
     Args:
         n_features: encoded row width.
@@ -144,15 +151,38 @@ def diffusion_trainer(
         torch.manual_seed(seed)
         model = TabularUNet1D(model_config)  # type: ignore[arg-type]
         if noise_multiplier is None:
-            res = train_nonprivate(model, data, scheduler_config=scheduler_config, batch_size=batch_size,  # type: ignore[arg-type]
-                                   steps=steps, lr=lr, seed=seed)
+            res = train_nonprivate(
+                model,
+                data,
+                scheduler_config=scheduler_config,
+                batch_size=batch_size,  # type: ignore[arg-type]
+                steps=steps,
+                lr=lr,
+                seed=seed,
+            )
         else:
-            res = train_dp(model, data, scheduler_config=scheduler_config, noise_multiplier=noise_multiplier,  # type: ignore[arg-type]
-                           max_grad_norm=max_grad_norm, batch_size=batch_size, steps=steps, lr=lr, delta=delta, seed=seed)
+            res = train_dp(
+                model,
+                data,
+                scheduler_config=scheduler_config,
+                noise_multiplier=noise_multiplier,  # type: ignore[arg-type]
+                max_grad_norm=max_grad_norm,
+                batch_size=batch_size,
+                steps=steps,
+                lr=lr,
+                delta=delta,
+                seed=seed,
+            )
         model.load_state_dict(res.state_dict)
         gen = torch.Generator().manual_seed(seed + 1)
-        x = sample(model, make_sampler(scheduler_config), n_synthetic, n_features=n_features,  # type: ignore[arg-type]
-                   num_inference_steps=sample_steps, generator=gen)
+        x = sample(
+            model,
+            make_sampler(scheduler_config),
+            n_synthetic,
+            n_features=n_features,  # type: ignore[arg-type]
+            num_inference_steps=sample_steps,
+            generator=gen,
+        )
         return x.numpy()
 
     return train

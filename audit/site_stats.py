@@ -1,13 +1,13 @@
-"""The per-site audit job: distance and membership statistics computed at the site, returned as aggregates.
+"""The per-site audit job: distance and membership statistics computed at a site, as aggregates.
 
-A site runs :func:`site_audit_stats` on its own rows, the synthetic sample and the operator's reference
-table (both sent by the auditor; neither is another site's data). It returns a small JSON-compatible dict of
-histograms, quantiles, counts and ROC summaries: no rows leave the site. The auditor pools these with
-:func:`pool_site_stats`.
+A site runs :func:`site_audit_stats` on its own rows, the synthetic sample and the operator's
+reference table (both sent by the auditor; neither is another site's data). It returns a small
+JSON-compatible dict of histograms, quantiles, counts and ROC summaries: no rows leave the site. The
+auditor pools these with :func:`pool_site_stats`.
 
-What the aggregates reveal: the number of rows (rounded to tens) and low-resolution distance distributions.
-Quantiles of distances between synthetic rows and a site's rows are not differentially private; they are
-meant for a trusted audit channel, not for publication.
+What the aggregates reveal: the number of rows (rounded to tens) and low-resolution distance
+distributions. Quantiles of distances between synthetic rows and a site's rows are not
+differentially private; they are meant for a trusted audit channel, not for publication.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def site_audit_stats(
     reid: bool = False,
     reid_attacks: int = 200,
     seed: int = 0,
+    exclude: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Compute the site's audit aggregates.
 
@@ -48,14 +49,19 @@ def site_audit_stats(
         site_rows: the site's training rows (schema columns), never sent anywhere.
         synthetic: the synthetic sample from the generator under audit.
         schema: the public schema.
-        reference: the operator's holdout rows (same population, not used in training). Needed for the
-            DCR share and the membership attacks; without it only distance summaries are returned.
+        reference: the operator's holdout rows (same population, not used in training). Needed for
+            the DCR share and the membership attacks; without it only distance summaries are
+            returned.
         site: a label for the report.
         max_rows: rows of each table used (seeded subsample), bounding the cost.
         delta: delta for the empirical epsilon bounds.
         backend: nearest-neighbour backend.
-        reid: also run the anonymeter evaluators (``ori`` = the site's rows, ``control`` = reference rows).
+        reid: also run the anonymeter evaluators (``ori`` = the site's rows, ``control`` = reference
+            rows).
         reid_attacks: attacks per anonymeter evaluator.
+        exclude: rows the site inserted for the auditor (its ``insert.csv`` canaries); they are
+            dropped from ``site_rows`` first, since outliers planted on purpose would bias the
+            site-level attacks.
         seed: random seed.
 
     Returns:
@@ -69,14 +75,23 @@ def site_audit_stats(
         x = t.transform(df[cols])
         return x if len(x) <= max_rows else x[rng.choice(len(x), max_rows, replace=False)]
 
+    if exclude is not None and len(exclude):
+        planted = (
+            dcr(t.transform(site_rows[cols]), t.transform(exclude[cols]), backend=backend) < 1e-4
+        )
+        site_rows = site_rows[~planted]
     own, syn = enc(site_rows), enc(synthetic)
     max_d = 2.0 * float(np.sqrt(t.n_features))
     out: dict[str, Any] = {
         "version": STATS_VERSION,
         "site": site,
         "n_rows": int(round(len(site_rows), -1)),
-        "dcr_synthetic_to_site": summarize(dcr(syn, own, backend=backend), max_distance=max_d).to_dict(),
-        "nndr_synthetic_to_site": summarize(nndr(syn, own, backend=backend), max_distance=1.0).to_dict(),
+        "dcr_synthetic_to_site": summarize(
+            dcr(syn, own, backend=backend), max_distance=max_d
+        ).to_dict(),
+        "nndr_synthetic_to_site": summarize(
+            nndr(syn, own, backend=backend), max_distance=1.0
+        ).to_dict(),
     }
     if reference is None or len(reference) < 4:
         return to_jsonable(out)
@@ -84,7 +99,9 @@ def site_audit_stats(
     ref = ref[rng.permutation(len(ref))]
     half = len(ref) // 2
     ref_density, ref_nonmember = ref[:half], ref[half:]
-    out["dcr_synthetic_to_reference"] = summarize(dcr(syn, ref, backend=backend), max_distance=max_d).to_dict()
+    out["dcr_synthetic_to_reference"] = summarize(
+        dcr(syn, ref, backend=backend), max_distance=max_d
+    ).to_dict()
     out["dcr_share"] = dcr_share(syn, own, ref, backend=backend, seed=seed).to_dict()
     m = min(len(own), len(ref_nonmember))
     members = own[rng.choice(len(own), m, replace=False)]
@@ -94,13 +111,17 @@ def site_audit_stats(
     dist_scores = -dcr(cand, syn, backend=backend)
     dens_scores = domias_scores(cand, syn, ref_density, config=DomiasConfig(seed=seed))
     out["mia"] = {
-        "distance": evaluate_attack("distance", dist_scores, labels, delta=delta, seed=seed).to_dict(),
+        "distance": evaluate_attack(
+            "distance", dist_scores, labels, delta=delta, seed=seed
+        ).to_dict(),
         "domias": evaluate_attack("domias", dens_scores, labels, delta=delta, seed=seed).to_dict(),
     }
     if reid:
         from fedsynth.audit.reid import reid_risks
 
-        out["reid"] = reid_risks(site_rows, synthetic, reference, schema=schema, n_attacks=reid_attacks, seed=seed)
+        out["reid"] = reid_risks(
+            site_rows, synthetic, reference, schema=schema, n_attacks=reid_attacks, seed=seed
+        )
     return to_jsonable(out)
 
 

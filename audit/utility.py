@@ -1,9 +1,11 @@
 """Machine-learning utility: train on synthetic, test on real (TSTR) against train on real (TRTR).
 
-The auditor holds no site data, so the "real" baseline uses the operator's reference (holdout) table: it is
-split (seeded, stratified) into a real-train part for the TRTR baseline and a real-test part on which both the
-TRTR and the TSTR models are scored. Models: logistic regression and histogram gradient boosting, on the
-schema's encoded features, predicting the schema's (categorical or binary) target.
+The auditor holds no site data, so the "real" baseline uses the operator's reference (holdout)
+table: it is
+split (seeded, stratified) into a real-train part for the TRTR baseline and a real-test part on
+which both the TRTR and the TSTR models are scored. Models: logistic regression and histogram
+gradient boosting, on the schema's encoded features, predicting the schema's (categorical or binary)
+target.
 """
 
 from __future__ import annotations
@@ -96,14 +98,19 @@ def _auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, n_classes: int) 
     return float(roc_auc_score(y, full, multi_class="ovr", labels=present))
 
 
-def _fit_score(model: Any, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, k: int) -> tuple[float, float]:
+def _fit_score(
+    model: Any, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, k: int
+) -> tuple[float, float]:
     if len(np.unique(y)) < 2:  # a generator that emits one class: the model can only predict it
         pred = np.full(len(y_test), y[0] if len(y) else 0)
         return float(accuracy_score(y_test, pred)), 0.5
-    # one OpenMP thread: HistGradientBoosting's multi-threaded splitter is ~25x slower on small shared CPUs
+    # one OpenMP thread: HistGradientBoosting's multi-threaded splitter is ~25x slower on small
+    # shared CPUs
     with threadpool_limits(limits=1, user_api="openmp"):
         model.fit(x, y)
-        return float(accuracy_score(y_test, model.predict(x_test))), _auc(y_test, model.predict_proba(x_test), model.classes_, k)
+        return float(accuracy_score(y_test, model.predict(x_test))), _auc(
+            y_test, model.predict_proba(x_test), model.classes_, k
+        )
 
 
 def evaluate_utility(
@@ -136,14 +143,21 @@ def evaluate_utility(
     t = TabularTransform(schema)
     x_ref, y_ref = _features(t, reference, target)
     strat = y_ref if np.bincount(y_ref).min(initial=0) >= 2 else None
-    x_tr, x_te, y_tr, y_te = train_test_split(x_ref, y_ref, test_size=test_size, random_state=seed, stratify=strat)
-    syn = synthetic.sample(n=max_rows, random_state=seed) if len(synthetic) > max_rows else synthetic
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x_ref, y_ref, test_size=test_size, random_state=seed, stratify=strat
+    )
+    syn = (
+        synthetic.sample(n=max_rows, random_state=seed) if len(synthetic) > max_rows else synthetic
+    )
     x_syn, y_syn = _features(t, syn, target)
     k = len(schema.column(target).categories)
     models: list[ModelUtility] = []
     for name, make in (
         ("logistic_regression", lambda: LogisticRegression(max_iter=2000)),
-        ("gradient_boosting", lambda: HistGradientBoostingClassifier(max_iter=100, random_state=seed)),
+        (
+            "gradient_boosting",
+            lambda: HistGradientBoostingClassifier(max_iter=100, random_state=seed),
+        ),
     ):
         acc_r, auc_r = _fit_score(make(), x_tr, y_tr, x_te, y_te, k)
         acc_s, auc_s = _fit_score(make(), x_syn, y_syn, x_te, y_te, k)

@@ -1,8 +1,9 @@
-"""Fixtures for the audit tests: a small clinical-looking schema, a population sampler and fake generators."""
+"""Fixtures for the audit tests: a small clinical-looking schema, a population sampler and fake
+generators."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,12 +12,21 @@ import pytest
 
 from fedsynth.common.schema import Column, Schema
 
-NUMERIC = {"age": (18, 100), "bmi": (10, 60), "hr": (30, 200), "temp": (30, 43), "sodium": (110, 160), "wbc": (0, 100)}
+NUMERIC = {
+    "age": (18, 100),
+    "bmi": (10, 60),
+    "hr": (30, 200),
+    "temp": (30, 43),
+    "sodium": (110, 160),
+    "wbc": (0, 100),
+}
 
 
 def toy_schema() -> Schema:
     """Six numeric, five categorical/binary columns, target ``death``."""
-    cols = [Column(n, "numeric", lo, hi, integer=n in ("age", "hr")) for n, (lo, hi) in NUMERIC.items()]
+    cols = [
+        Column(n, "numeric", lo, hi, integer=n in ("age", "hr")) for n, (lo, hi) in NUMERIC.items()
+    ]
     cols += [
         Column("sex", "binary", categories=("F", "M")),
         Column("race", "categorical", categories=("white", "black", "other")),
@@ -44,8 +54,19 @@ def population(n: int, seed: int) -> pd.DataFrame:
     logit = 0.08 * (age - 60) + 0.02 * (hr - 90) + 1.2 * (dnr == "Yes") - 0.3
     death = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "Yes", "No")
     return pd.DataFrame(
-        {"age": age.astype(np.int64), "bmi": bmi, "hr": hr.astype(np.int64), "temp": temp, "sodium": sodium,
-         "wbc": wbc, "sex": sex, "race": race, "dnr": dnr, "cat1": cat1, "death": death}
+        {
+            "age": age.astype(np.int64),
+            "bmi": bmi,
+            "hr": hr.astype(np.int64),
+            "temp": temp,
+            "sodium": sodium,
+            "wbc": wbc,
+            "sex": sex,
+            "race": race,
+            "dnr": dnr,
+            "cat1": cat1,
+            "death": death,
+        }
     )
 
 
@@ -67,7 +88,11 @@ def memoriser(train: pd.DataFrame, *, jitter: float = 0.002) -> FakeGenerator:
         out = train.iloc[rng.integers(0, len(train), n)].reset_index(drop=True).copy()
         for name, (lo, hi) in NUMERIC.items():
             v = out[name].to_numpy(dtype=float) + jitter * (hi - lo) * rng.normal(size=n)
-            out[name] = np.clip(np.round(v), lo, hi).astype(np.int64) if name in ("age", "hr") else np.clip(v, lo, hi)
+            out[name] = (
+                np.clip(np.round(v), lo, hi).astype(np.int64)
+                if name in ("age", "hr")
+                else np.clip(v, lo, hi)
+            )
         return out
 
     return FakeGenerator(draw)
@@ -83,8 +108,8 @@ def schema() -> Schema:
     return toy_schema()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _single_threaded() -> object:
+@pytest.fixture(scope="module", autouse=True)
+def _single_threaded() -> Iterator[None]:
     """One BLAS/OpenMP/torch thread: on small shared CPUs, thread oversubscription makes
     HistGradientBoosting and torch training 10-25x slower."""
     import torch
@@ -111,5 +136,6 @@ def site_rows() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def toy() -> SimpleNamespace:
-    """The toy helpers as one fixture: ``toy.population``, ``toy.memoriser``, ``toy.independent``."""
+    """The toy helpers as one fixture: ``toy.population``, ``toy.memoriser``,
+    ``toy.independent``."""
     return SimpleNamespace(population=population, memoriser=memoriser, independent=independent)

@@ -34,7 +34,9 @@ def test_save_load_roundtrip_and_site_share(tmp_path: Path, schema) -> None:
     assert back.member == can.member and back.seed == 1
     assert list(back.records.index) == list(can.records.index)
     inserted = pd.read_csv(tmp_path / "insert.csv")
-    assert len(inserted) == 5 and "canary_id" not in inserted.columns  # sites get no ids, no membership
+    assert (
+        len(inserted) == 5 and "canary_id" not in inserted.columns
+    )  # sites get no ids, no membership
     shares = [can.members_for_site(i, 3) for i in range(3)]
     assert sum(len(s) for s in shares) == 5
 

@@ -27,7 +27,11 @@ def test_dcr_share_is_near_one_for_a_copy_of_train() -> None:
 def test_dcr_share_subsamples_to_equal_sizes() -> None:
     # a much larger holdout would otherwise win every comparison
     rng = np.random.default_rng(2)
-    train, holdout, synthetic = rng.normal(size=(200, 4)), rng.normal(size=(5000, 4)), rng.normal(size=(2000, 4))
+    train, holdout, synthetic = (
+        rng.normal(size=(200, 4)),
+        rng.normal(size=(5000, 4)),
+        rng.normal(size=(2000, 4)),
+    )
     assert abs(dcr_share(synthetic, train, holdout).share - 0.5) < 0.05
 
 

@@ -30,4 +30,6 @@ def test_column_shapes_match_sdmetrics(schema, toy) -> None:
     ours = evaluate_fidelity(real, syn, schema=schema).per_column
     for col in schema.columns:
         metric = KSComplement if col.kind == "numeric" else TVComplement
-        assert ours[col.name] == pytest.approx(metric.compute(real[col.name], syn[col.name]), abs=1e-9), col.name
+        assert ours[col.name] == pytest.approx(
+            metric.compute(real[col.name], syn[col.name]), abs=1e-9
+        ), col.name

@@ -12,7 +12,13 @@ from fedsynth.common.errors import ConfigError
 
 
 def _mia(auc: float, lo: float, hi: float, eps: float = 0.0) -> dict:
-    return {"auc": auc, "auc_ci": [lo, hi], "tpr_at_fpr": {"0.01": 0.01}, "epsilon_lower_bound": eps, "n_nonmembers": 50}
+    return {
+        "auc": auc,
+        "auc_ci": [lo, hi],
+        "tpr_at_fpr": {"0.01": 0.01},
+        "epsilon_lower_bound": eps,
+        "n_nonmembers": 50,
+    }
 
 
 def _report(**over: object) -> dict:
@@ -22,7 +28,11 @@ def _report(**over: object) -> dict:
         "distance": {"dcr_share": {"share": 0.51}},
         "fidelity": {"overall": 0.82},
         "utility": {"max_auc_gap": 0.05},
-        "reid": {"singling_out": {"risk": 0.01}, "linkability": {"risk": 0.0}, "inference": {"risk": 0.02}},
+        "reid": {
+            "singling_out": {"risk": 0.01},
+            "linkability": {"risk": 0.0},
+            "inference": {"risk": 0.02},
+        },
     }
     base.update(over)
     return base
@@ -45,8 +55,17 @@ def test_each_failure_names_the_check_and_the_figures() -> None:
     res = evaluate_gate(report)
     assert not res.passed
     failed = {c.name: c.message for c in res.failed_checks}
-    assert set(failed) == {"mia_auc[canary]", "epsilon_lower_bound[canary]", "dcr_share", "fidelity", "utility_auc_gap"}
-    assert "canary attack AUC 0.970" in failed["mia_auc[canary]"] and "exceeds the limit 0.600" in failed["mia_auc[canary]"]
+    assert set(failed) == {
+        "mia_auc[canary]",
+        "epsilon_lower_bound[canary]",
+        "dcr_share",
+        "fidelity",
+        "utility_auc_gap",
+    }
+    assert (
+        "canary attack AUC 0.970" in failed["mia_auc[canary]"]
+        and "exceeds the limit 0.600" in failed["mia_auc[canary]"]
+    )
     assert "3.400 exceeds the limit 3.000" in failed["epsilon_lower_bound[canary]"]
     assert "0.310 is below the minimum 0.500" in failed["fidelity"]
     assert "mia_auc[canary]" in res.summary()
@@ -65,15 +84,26 @@ def test_point_estimate_mode_and_missing_evidence() -> None:
 def test_unmeasured_checks_are_skipped_not_failed() -> None:
     res = evaluate_gate({"mia": {"canary": _mia(0.5, 0.4, 0.6)}, "privacy": {}})
     assert res.passed
-    assert {c.name for c in res.checks if c.status == "skipped"} >= {"fidelity", "dcr_share", "utility_auc_gap"}
+    assert {c.name for c in res.checks if c.status == "skipped"} >= {
+        "fidelity",
+        "dcr_share",
+        "utility_auc_gap",
+    }
 
 
 def test_config_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "gate.toml"
-    path.write_text("[audit]\nn_synthetic = 1000\nshadow = false\n\n[gate]\nmia_auc_max = 0.55\nfidelity_min = 0.9\nmax_epsilon = 5\ndcr_share_max = false\n")
+    path.write_text(
+        "[audit]\nn_synthetic = 1000\nshadow = false\n\n"
+        "[gate]\nmia_auc_max = 0.55\nfidelity_min = 0.9\nmax_epsilon = 5\ndcr_share_max = false\n"
+    )
     cfg = AuditConfig.from_toml(path)
     assert cfg.n_synthetic == 1000 and cfg.shadow is False
-    assert cfg.gate.mia_auc_max == 0.55 and cfg.gate.max_epsilon == 5.0 and cfg.gate.dcr_share_max is None
+    assert (
+        cfg.gate.mia_auc_max == 0.55
+        and cfg.gate.max_epsilon == 5.0
+        and cfg.gate.dcr_share_max is None
+    )
     assert GateConfig.from_toml(path) == cfg.gate
     res = evaluate_gate(_report(), cfg.gate)
     assert [c.name for c in res.failed_checks] == ["fidelity"]
@@ -96,3 +126,12 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, match: str) -> No
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
         AuditConfig.from_toml(path)
+
+
+def test_failed_reid_evaluator_is_reported() -> None:
+    report = _report(
+        reid={"singling_out": {"risk": 0.0}, "linkability": {"error": "RuntimeError: boom"}}
+    )
+    res = evaluate_gate(report)
+    link = next(c for c in res.checks if c.name == "reid[linkability]")
+    assert res.passed and link.status == "skipped" and "boom" in link.message

@@ -11,7 +11,13 @@ from fedsynth.audit.index import FaissFlatL2Index, NearestNeighborIndex, NumpyEx
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(2, 60), m=st.integers(1, 40), d=st.integers(1, 9), k=st.integers(1, 3), seed=st.integers(0, 10**6))
+@given(
+    n=st.integers(2, 60),
+    m=st.integers(1, 40),
+    d=st.integers(1, 9),
+    k=st.integers(1, 3),
+    seed=st.integers(0, 10**6),
+)
 def test_faiss_matches_numpy(n: int, m: int, d: int, k: int, seed: int) -> None:
     # Arrange
     rng = np.random.default_rng(seed)
@@ -22,7 +28,9 @@ def test_faiss_matches_numpy(n: int, m: int, d: int, k: int, seed: int) -> None:
     d_n, i_n = make_index(data, backend="numpy").search(queries, k)
     # Assert: distances agree; the returned indices really are at those distances
     np.testing.assert_allclose(d_f, d_n, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np.linalg.norm(queries[:, None, :] - data[i_n], axis=2), d_n, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.linalg.norm(queries[:, None, :] - data[i_n], axis=2), d_n, rtol=1e-6, atol=1e-6
+    )
     assert np.all(np.diff(d_n, axis=1) >= 0)
 
 

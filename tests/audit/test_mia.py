@@ -30,7 +30,9 @@ def test_auc_of_gaussian_shift_matches_theory() -> None:
 
 def test_chance_attack() -> None:
     rng = np.random.default_rng(1)
-    res = evaluate_attack("noise", rng.normal(size=2000), np.r_[np.ones(1000), np.zeros(1000)], n_bootstrap=100)
+    res = evaluate_attack(
+        "noise", rng.normal(size=2000), np.r_[np.ones(1000), np.zeros(1000)], n_bootstrap=100
+    )
     assert res.auc_ci[0] < 0.5 < res.auc_ci[1]
     assert res.tpr_at_fpr["0.01"] < 0.05
     assert res.epsilon_lower_bound < 0.5

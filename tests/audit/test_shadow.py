@@ -1,4 +1,5 @@
-"""Shadow-model attack with cheap stand-in trainers (the diffusion trainer is exercised in test_runner)."""
+"""Shadow-model attack with cheap stand-in trainers (the diffusion trainer is exercised in
+test_runner)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ def test_good_synthetic_data_has_a_small_gap_and_noise_a_large_one(schema, refer
     assert good.max_auc_gap < 0.08
     assert all(m.trtr_auc > 0.65 for m in good.models)
     rng = np.random.default_rng(0)
-    noise = toy.population(1500, 22).assign(death=lambda d: d["death"].to_numpy()[rng.permutation(len(d))])
+    noise = toy.population(1500, 22).assign(
+        death=lambda d: d["death"].to_numpy()[rng.permutation(len(d))]
+    )
     bad = evaluate_utility(reference, noise, schema=schema)
     assert bad is not None and bad.max_auc_gap > 0.15
 
@@ -25,4 +27,6 @@ def test_one_class_and_no_target(schema, reference, toy) -> None:
     one = evaluate_utility(reference, toy.population(300, 23).assign(death="No"), schema=schema)
     assert one is not None and all(m.tstr_auc == 0.5 for m in one.models)
     assert evaluate_utility(reference, reference, schema=replace(schema, target=None)) is None
-    assert evaluate_utility(reference, reference, schema=schema, target="age") is None  # numeric target
+    assert (
+        evaluate_utility(reference, reference, schema=schema, target="age") is None
+    )  # numeric target
