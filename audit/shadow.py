@@ -124,6 +124,7 @@ def diffusion_trainer(
     max_grad_norm: float = 1.0,
     delta: float = 1e-5,
     sample_steps: int = 20,
+    grad_sample_mode: str = "hooks",
 ) -> ShadowTrainer:
     """A :data:`ShadowTrainer` that trains the project's diffusion denoiser (DP when
     ``noise_multiplier``).
@@ -139,6 +140,7 @@ def diffusion_trainer(
         max_grad_norm: DP-SGD clipping norm.
         delta: DP delta.
         sample_steps: DDIM steps when sampling.
+        grad_sample_mode: Opacus per-sample gradient engine (``ghost`` is about twice as fast).
     """
 
     def train(data: np.ndarray, n_synthetic: int, seed: int) -> np.ndarray:
@@ -172,6 +174,7 @@ def diffusion_trainer(
                 lr=lr,
                 delta=delta,
                 seed=seed,
+                grad_sample_mode=grad_sample_mode,
             )
         model.load_state_dict(res.state_dict)
         gen = torch.Generator().manual_seed(seed + 1)
