@@ -23,7 +23,7 @@ import torch
 from fedsynth.common.config import RunConfig
 from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.errors import CheckpointError, ConfigError, PrivacyBudgetExceeded
-from fedsynth.common.io import atomic_write_bytes
+from fedsynth.common.io import atomic_write_bytes, state_dict_digest
 from fedsynth.common.ledger import PrivacyLedger
 from fedsynth.common.model import TabularUNet1D
 from fedsynth.common.schema import Schema
@@ -111,16 +111,7 @@ def run_config_from(user_config: Mapping[str, Any]) -> RunConfig:
     return RunConfig.from_user_config({k: v for k, v in user_config.items() if k in known})
 
 
-def state_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over keys, shapes, dtypes and bytes of a state dict."""
-    h = hashlib.sha256()
-    for key, tensor in state_dict.items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+state_digest = state_dict_digest
 
 
 def _seed(base: int, site_id: str, server_round: int) -> int:
@@ -224,7 +215,7 @@ def _train_round_locked(settings: SiteSettings, request: RoundRequest) -> RoundO
         max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size, steps=cfg.local_steps, lr=cfg.lr,
         delta=cfg.target_delta, accountant_state=ledger.accountant_state, accountant=cfg.accountant,
         seed=None if settings.secure_mode else _seed(cfg.seed, settings.site_id, request.server_round),
-        secure_mode=settings.secure_mode, multiplicity=cfg.multiplicity, grad_sample_mode=cfg.grad_sample_mode,
+        secure_mode=settings.secure_mode, multiplicity=cfg.multiplicity, grad_sample_mode=cfg.grad_sample_mode, ema_decay=cfg.ema_decay,
     )
     metrics = {
         "loss": float(result.loss) if math.isfinite(result.loss) else -1.0,

@@ -39,6 +39,7 @@ class RunConfig:
     multiplicity: int = 1
     grad_sample_mode: str = "ghost"
     public_pretrain_steps: int = 400
+    ema_decay: float = 0.0
     target_epsilon: float = 3.0
     target_delta: float = 1e-5
     accountant: str = "rdp"
@@ -72,6 +73,7 @@ class RunConfig:
             (self.multiplicity == 1 or self.grad_sample_mode == "hooks",
              "multiplicity > 1 needs grad-sample-mode = hooks"),
             (self.public_pretrain_steps >= 0, "public-pretrain-steps must be >= 0"),
+            (0.0 <= self.ema_decay < 1.0, "ema-decay must be in [0, 1)"),
             (self.target_epsilon > 0, "target-epsilon must be > 0"),
             (0 < self.target_delta < 1, "target-delta must be in (0, 1)"),
             (self.accountant in ("rdp", "prv", "gdp"), "accountant must be rdp, prv or gdp"),

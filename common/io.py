@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsynth.common.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -74,3 +79,15 @@ def read_json(path: str | os.PathLike[str], *, what: str = "file") -> Any:
             f"{what} {p} is corrupt ({exc}); restore it from a backup, it was not written by fedsynth's "
             "atomic writer"
         ) from exc
+
+
+def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the keys, shapes, dtypes and bytes of a state dict (order-sensitive)."""
+    h = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()

@@ -205,6 +205,25 @@ def _merged_history(history: list[Any]) -> list[tuple[float, float, int]]:
     return merged
 
 
+class _EmaWeights:
+    """Exponential moving average of a model's parameters (buffers are taken from the live model)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, p in model.named_parameters():
+            self.shadow[k].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    def state_dict(self, model: nn.Module) -> dict[str, Tensor]:
+        state = _cpu_state(model)
+        for k, v in self.shadow.items():
+            state[k] = v.detach().cpu().clone()
+        return state
+
+
 def _merge_grad_samples(model: nn.Module, k: int) -> None:
     """Average the per-draw gradients of each row's ``k`` consecutive copies into one per-sample gradient."""
     for p in model.parameters():
@@ -237,6 +256,7 @@ def train_dp(
     grad_sample_mode: str = "hooks",
     secure_mode: bool = False,
     multiplicity: int = 1,
+    ema_decay: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` for ``steps`` DP-SGD steps (Opacus, Poisson sampling) on encoded ``data``.
 
@@ -263,6 +283,8 @@ def train_dp(
             clipping ("augmentation multiplicity", De et al. 2022; Dockhorn et al. 2023 for diffusion). Each
             row still contributes one clipped gradient, so the privacy accounting is unchanged, but the
             clipped gradient carries far less diffusion noise and DP training learns much faster.
+        ema_decay: return an exponential moving average of the iterates (``0`` returns the last iterate).
+            Averaging is post-processing, so it costs no privacy, and it damps the DP noise in the weights.
 
     Returns:
         The trained weights, losses and the updated privacy accounting.
@@ -306,6 +328,9 @@ def train_dp(
     # ghost clipping also returns a criterion whose output's backward() runs both backward passes
     dp_model, dp_opt, dp_criterion, dp_loader = private if len(private) == 4 else (*private[:2], None, private[2])
     scheduler = DDPMScheduler(scheduler_config)
+    if not 0.0 <= ema_decay < 1.0:
+        raise ConfigError("ema_decay must be in [0, 1)")
+    ema = _EmaWeights(work, ema_decay) if ema_decay > 0 else None
     losses: list[float] = []
     while len(losses) < steps:
         for (xb,) in dp_loader:
@@ -320,6 +345,8 @@ def train_dp(
             if multiplicity > 1:
                 _merge_grad_samples(dp_model, multiplicity)
             dp_opt.step()
+            if ema is not None:
+                ema.update(work)
             if per_sample.shape[0] > 0:
                 losses.append(float(loss.detach()))
             else:
@@ -330,7 +357,7 @@ def train_dp(
     state = engine.accountant.state_dict()
     eps = float(engine.accountant.get_epsilon(delta=delta))
     finite = [v for v in losses if math.isfinite(v)]
-    weights = _cpu_state(dp_model._module)
+    weights = _cpu_state(dp_model._module) if ema is None else ema.state_dict(dp_model._module)
     if hasattr(dp_model, "remove_hooks"):
         dp_model.remove_hooks()
     return TrainResult(

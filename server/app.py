@@ -29,8 +29,8 @@ from fedsynth.common.config import RunConfig
 from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.io import atomic_write_json
-from fedsynth.common.prior import pretrain_public
 from fedsynth.common.model import TabularUNet1D
+from fedsynth.common.prior import pretrain_public
 from fedsynth.common.schema import Schema
 from fedsynth.server.checkpoint import Checkpoint, load_checkpoint, new_run_key, save_checkpoint
 from fedsynth.server.strategy import RoundReport, ScreeningStrategy, make_strategy

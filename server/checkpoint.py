@@ -16,11 +16,9 @@ spending epsilon twice.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import torch
 
 from fedsynth.common.errors import CheckpointError
-from fedsynth.common.io import atomic_write_bytes, atomic_write_json, read_json
+from fedsynth.common.io import atomic_write_bytes, atomic_write_json, read_json, state_dict_digest
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "new_run_key", "weights_digest"]
 
@@ -41,16 +39,7 @@ def new_run_key() -> str:
     return uuid.uuid4().hex
 
 
-def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over the keys, shapes, dtypes and bytes of a state dict (order-sensitive)."""
-    h = hashlib.sha256()
-    for key, tensor in state_dict.items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+weights_digest = state_dict_digest
 
 
 @dataclass(frozen=True)

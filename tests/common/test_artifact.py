@@ -12,8 +12,6 @@ import pytest
 import torch
 from common_factories import make_mixed_schema, tiny_model_config, tiny_scheduler_config
 
-from fedsynth.common.encoding import TabularTransform
-from fedsynth.common.errors import ArtifactError, ReleaseBlocked
 from fedsynth.common.artifact import (
     load_generator,
     next_version,
@@ -23,6 +21,8 @@ from fedsynth.common.artifact import (
     save_artifact,
     write_audit_status,
 )
+from fedsynth.common.encoding import TabularTransform
+from fedsynth.common.errors import ArtifactError, ReleaseBlocked
 from fedsynth.common.model import TabularUNet1D
 from fedsynth.common.validation import validate_frame
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fedsynth.common.errors import SchemaError
-from fedsynth.common.schema import Column, Schema, canonical, infer_schema
+from fedsynth.common.schema import Schema, canonical, infer_schema
 from fedsynth.common.validation import validate_frame
 
 

@@ -239,3 +239,34 @@ def test_planned_sample_rate() -> None:
     assert planned_sample_rate(100, 30) == pytest.approx(1 / 4)
     with pytest.raises(ConfigError):
         planned_sample_rate(0, 10)
+
+
+def test_ema_weights_average_the_iterates_at_no_privacy_cost() -> None:
+    # Arrange
+    torch.manual_seed(0)
+    model = TabularUNet1D(tiny_model_config(4))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # Act: one step, so the EMA is exactly decay * start + (1 - decay) * after
+    last = _train(model, steps=1)
+    ema = _train(model, steps=1, ema_decay=0.5)
+    # Assert
+    for name, _ in model.named_parameters():
+        expected = 0.5 * start[name] + 0.5 * last.state_dict[name]
+        assert torch.allclose(ema.state_dict[name], expected, atol=1e-6), name
+    assert ema.epsilon == last.epsilon and ema.accountant_state == last.accountant_state
+    with pytest.raises(ConfigError):
+        _train(model, steps=1, ema_decay=1.0)
+
+
+def test_multiplicity_averages_draws_before_clipping_and_keeps_accounting() -> None:
+    # Arrange
+    torch.manual_seed(0)
+    model = TabularUNet1D(tiny_model_config(4))
+    # Act
+    single = _train(model, steps=3)
+    multi = _train(model, steps=3, multiplicity=4)
+    # Assert: same privacy accounting (one clipped gradient per row), finite training
+    assert multi.accountant_state == single.accountant_state and multi.epsilon == single.epsilon
+    assert all(torch.isfinite(v).all() for v in multi.state_dict.values())
+    with pytest.raises(ConfigError):
+        _train(model, steps=1, multiplicity=2, grad_sample_mode="ghost")

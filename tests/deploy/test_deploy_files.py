@@ -269,7 +269,7 @@ def test_flwr_app_points_at_fedsynth_and_holds_every_run_config_key() -> None:
     app = tomllib.loads((DEPLOY / "flwr-app" / "pyproject.toml").read_text())
     assert app["tool"]["flwr"]["app"]["components"] == COMPONENTS
     config = app["tool"]["flwr"]["app"]["config"]
-    expected = {f.name.replace("_", "-") for f in fields(RunConfig)} - {"noise-multiplier"} | set(SERVER_KEYS)
+    expected = {f.name.replace("_", "-") for f in fields(RunConfig)} | set(SERVER_KEYS)
     assert set(config) == expected
     split_run_config(config)  # every value is valid
 

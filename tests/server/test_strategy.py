@@ -8,7 +8,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsynth.server.strategy import REQUIRED_METRICS, ScreeningStrategy, make_strategy, screen_reply
+from fedsynth.server.strategy import (
+    REQUIRED_METRICS,
+    ScreeningStrategy,
+    make_strategy,
+    screen_reply,
+)
 
 
 @pytest.fixture(autouse=True)
