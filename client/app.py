@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedsynth.client.site import RoundRequest, SiteSettings, run_config_from, train_round
-from fedsynth.common.errors import DataValidationError, FedsynthError
+from fedsynth.common.errors import DataValidationError, FedsynthError, PrivacyBudgetExceeded
 from fedsynth.common.schema import Schema
 
 log = logging.getLogger("fedsynth.client")
@@ -64,7 +64,7 @@ def train(msg: Message, context: Context) -> Message:
         return Message(Error(code=ERROR_DATA_VALIDATION, reason=_describe_validation(site, err)), reply_to=msg)
     except FedsynthError as err:
         print(f"[fedsynth] site '{site}' refused: {err}", flush=True)
-        code = ERROR_PRIVACY if "epsilon" in str(err) or "budget" in str(err) else ERROR_OTHER
+        code = ERROR_PRIVACY if isinstance(err, PrivacyBudgetExceeded) else ERROR_OTHER
         return Message(Error(code=code, reason=f"site '{site}': {err}"), reply_to=msg)
     print(f"[fedsynth] site '{site}' round {request.server_round}: "
           f"{'replayed cached update' if outcome.replayed else 'trained'} "
