@@ -32,14 +32,14 @@ class RunConfig:
 
     num_server_rounds: int = 5
     local_steps: int = 40
-    batch_size: int = 256
+    batch_size: int = 512
     lr: float = 2e-3
     max_grad_norm: float = 1.0
     noise_multiplier: float = 0.0
     multiplicity: int = 1
     grad_sample_mode: str = "ghost"
-    public_pretrain_steps: int = 400
-    ema_decay: float = 0.0
+    public_pretrain_steps: int = 1500
+    ema_decay: float = 0.9
     target_epsilon: float = 3.0
     target_delta: float = 1e-5
     accountant: str = "rdp"
@@ -49,7 +49,7 @@ class RunConfig:
     schedule_power: float = 1.0
     logsnr_max: float = 10.0
     logsnr_min: float = -10.0
-    unet_dim: int = 16
+    unet_dim: int = 8
     unet_seq_len: int = 16
     unet_dim_mults: tuple[int, ...] = (1, 2)
     aggregator: str = "fedavg"

@@ -128,7 +128,7 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
                   "(no privacy cost)", flush=True)
             initial.load_state_dict(pretrain_public(
                 initial, TabularTransform(schema), scheduler_config=cfg.scheduler_config(),
-                steps=cfg.public_pretrain_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                steps=cfg.public_pretrain_steps, batch_size=min(cfg.batch_size, 256), lr=cfg.lr, seed=cfg.seed,
             ).state_dict)
         ckpt = Checkpoint(run_key=new_run_key(), completed_round=0, num_server_rounds=cfg.num_server_rounds,
                           state_dict=initial.state_dict())
