@@ -299,6 +299,8 @@ def train_dp(
     if multiplicity > 1 and grad_sample_mode != "hooks":
         raise ConfigError("multiplicity > 1 needs grad_sample_mode='hooks' (it averages per-sample gradients)")
     ModuleValidator.validate(model, strict=True)
+    if grad_sample_mode == "ghost":  # registers ghost norm samplers for Conv1d and GroupNorm with Opacus
+        import fedsynth.common.opacus_norms  # noqa: F401
     x = torch.as_tensor(np.asarray(data, dtype=np.float32))
     n = x.shape[0]
     bs = expected_batch_size(n, batch_size)
