@@ -56,19 +56,22 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run the demo federation, the audit and the release-gated sampling (see module docstring)."""
     from fedsynth.audit.canary import make_canaries
+    from fedsynth.audit.config import AuditConfig
     from fedsynth.cli.demo import prepare_demo_sites
     from fedsynth.cli.federation import run_federation
 
     out = Path(out_dir).resolve()
     t0 = time.monotonic()
+    if out.exists() and any(out.iterdir()):
+        # a finished demo holds spent ledgers and a finished run: start afresh, keep the old one for inspection
+        kept = out.with_name(f"{out.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(kept)
+        echo(f"      previous demo moved to {kept}")
     echo(f"[1/6] preparing {n_sites} hospital tables, schema and holdout in {out}")
     schema_path, sites, holdout_path = prepare_demo_sites(out, n_sites=n_sites, seed=seed, epsilon_budget=epsilon_budget)
     schema = Schema.load(schema_path)
     holdout = load_table(holdout_path, schema)
-    audit_cfg_check = {"audit": dict(audit_overrides or {})}
-    from fedsynth.audit.config import AuditConfig
-
-    AuditConfig.from_mapping(audit_cfg_check)  # fail before training, not after
+    AuditConfig.from_mapping({"audit": dict(audit_overrides or {})})  # a bad setting fails now, not after training
 
     echo(f"[2/6] auditor makes {n_canaries} canaries; half go to the sites, membership stays with the auditor")
     canaries = make_canaries(schema, n=n_canaries, reference=holdout, seed=seed)
