@@ -43,6 +43,8 @@ class SiteSettings:
         ledger_path: the durable privacy ledger (``ledger-path``; default ``<data-path>.ledger.json``).
         site_id: a name used in logs and reports (``site-id``; default ``node-<id>``).
         secure_mode: use Opacus' secure RNG for DP noise (``secure-mode``; slower, for production).
+        schema_path: the schema the site itself declared (``schema-path``, optional); when set, the site refuses
+            to train on any other schema the server sends.
     """
 
     data_path: Path
@@ -50,6 +52,7 @@ class SiteSettings:
     ledger_path: Path
     site_id: str
     secure_mode: bool = False
+    schema_path: Path | None = None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any], *, node_id: int) -> SiteSettings:
@@ -77,6 +80,7 @@ class SiteSettings:
             ledger_path=Path(str(ledger)).expanduser() if ledger else data_path.with_name(data_path.name + ".ledger.json"),
             site_id=str(node_config.get("site-id", f"node-{node_id}")),
             secure_mode=secure if isinstance(secure, bool) else str(secure).lower() in ("1", "true", "yes"),
+            schema_path=Path(str(node_config["schema-path"])).expanduser() if node_config.get("schema-path") else None,
         )
 
     @property
@@ -179,8 +183,20 @@ def train_round(settings: SiteSettings, request: RoundRequest) -> RoundOutcome:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+def _check_pinned_schema(settings: SiteSettings, schema: Schema) -> None:
+    if settings.schema_path is None:
+        return
+    pinned = Schema.load(settings.schema_path)
+    if (pinned.columns, pinned.target) != (schema.columns, schema.target):
+        raise ConfigError(
+            f"site '{settings.site_id}' refuses the run: the server's schema differs from the site's declared "
+            f"schema {settings.schema_path}; agree on one schema file and restart the run"
+        )
+
+
 def _train_round_locked(settings: SiteSettings, request: RoundRequest) -> RoundOutcome:
     cfg = request.run_config
+    _check_pinned_schema(settings, request.schema)
     df = load_table(settings.data_path, request.schema)
     transform = TabularTransform(request.schema)
     data = transform.transform(df)

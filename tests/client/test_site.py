@@ -90,3 +90,22 @@ def test_invalid_table_names_file_row_and_column(site, tmp_path) -> None:
         train_round(site, _request(1))
     issue = err.value.issues[0]
     assert issue.row == 2 and issue.column == "age" and str(site.data_path) in issue.file
+
+
+def test_site_with_a_pinned_schema_refuses_a_different_server_schema(site, tmp_path) -> None:
+    # Arrange: the site declared a schema where 'age' has other bounds than the server's
+    pinned = Schema.from_dict({**SCHEMA.to_dict(), "columns": [
+        {"name": "age", "kind": "numeric", "lower": 0.0, "upper": 100.0, "integer": True},
+        {"name": "sex", "kind": "binary", "categories": ["F", "M"]},
+    ]})
+    pinned_path = pinned.save(tmp_path / "declared.json")
+    same_path = SCHEMA.save(tmp_path / "same.json")
+    base = {"data-path": str(site.data_path), "epsilon-budget": 3.0, "site-id": "s",
+            "ledger-path": str(tmp_path / "pinned-ledger.json")}
+    # Act / Assert
+    differing = SiteSettings.from_node_config({**base, "schema-path": str(pinned_path)}, node_id=7)
+    with pytest.raises(ConfigError, match="differs from the site's declared schema"):
+        train_round(differing, _request(1))
+    assert not (tmp_path / "pinned-ledger.json").exists()  # nothing spent
+    matching = SiteSettings.from_node_config({**base, "schema-path": str(same_path)}, node_id=7)
+    assert train_round(matching, _request(1)).metrics["epsilon"] > 0
