@@ -32,6 +32,8 @@ def sample(
     """Write synthetic rows from a released (audited) generator."""
     from fedsynth.cli.sampling import sample_to_file
 
+    if sampler not in ("ddim", "ddpm"):
+        raise typer.BadParameter(f"must be 'ddim' or 'ddpm', got {sampler!r}", param_hint="--sampler")
     sample_to_file(generator, n=n, output=output, sampler=sampler, steps=steps, seed=seed)
 
 

@@ -109,3 +109,11 @@ def test_validate_model_accepts_schema(tmp_path: Path, capsys: pytest.CaptureFix
     main(["validate-model", "--schema", str(SCHEMA.save(tmp_path / "schema.json"))])
     # Assert
     assert "Opacus-compatible" in capsys.readouterr().out
+
+
+def test_sample_rejects_unknown_sampler(artifact: Path, tmp_path: Path) -> None:
+    # Act
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--generator", str(artifact), "-n", "5", "-o", str(tmp_path / "x.csv"), "--sampler", "foo"])
+    # Assert
+    assert exc.value.code == 2
