@@ -170,7 +170,7 @@ def demo(
     if local_steps is not None:
         run_config["local-steps"] = local_steps
     if quick:
-        run_config.update({"num-server-rounds": min(rounds, 2), "local-steps": local_steps or 5, "diffusion-steps": 100})
+        run_config.update({"num-server-rounds": min(rounds, 2), "local-steps": local_steps or 20, "diffusion-steps": 100})
         audit.update({"n_synthetic": 1000, "shadow": False, "reid": False})
     result = run_pipeline(
         out_dir, n_sites=sites, epsilon_budget=epsilon, run_config=run_config, audit_overrides=audit,
