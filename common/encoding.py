@@ -168,7 +168,7 @@ class TabularTransform:
                     v = np.clip(np.round(v), np.ceil(col.lower), np.floor(col.upper))
                 if col.nullable:
                     v = np.where(x[:, block.start + 1] > 0.0, np.nan, v)
-                    data[col.name] = pd.Series(v, dtype="Int64" if col.integer else float) if col.integer else v
+                    data[col.name] = pd.Series(v, dtype="Int64") if col.integer else v
                 else:
                     data[col.name] = v.astype(np.int64) if col.integer else v
             else:

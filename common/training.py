@@ -132,26 +132,28 @@ def calibrate_noise(
     spent = epsilon_from_state(prior_state, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
         raise ConfigError(f"no budget left: epsilon already spent {spent:.3f} >= target {target_epsilon:.3f}")
+
     def total_eps(sigma: float) -> float:
         return projected_epsilon(
             prior_state, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
             accountant=accountant,
         )
 
-    # bracket the answer by doubling from sigma = 1 (cheap: large sigmas are slow to account), then bisect
-    # in log space to a relative tolerance of 1e-3, always keeping the upper end (epsilon <= target)
-    lo, hi = 0.0, 1.0
-    while total_eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2.0
-        if hi > 1024.0:
-            raise ConfigError(f"target epsilon {target_epsilon} cannot be met even with noise multiplier {hi}")
-    if lo == 0.0:
-        lo = hi
-        while lo > 1e-3 and total_eps(lo / 2.0) <= target_epsilon:
-            lo /= 2.0
-        hi, lo = lo, lo / 2.0
+    # bracket the answer, hi/2 < sigma <= hi, by doubling or halving from sigma = 1 (large sigmas are slow to
+    # account), then bisect in log space to a relative tolerance of 1e-3, keeping the upper end (epsilon <= target)
+    hi = 1.0
+    if total_eps(hi) > target_epsilon:
+        hi = 2.0
+        while total_eps(hi) > target_epsilon:
+            if hi >= 1024.0:
+                raise ConfigError(f"target epsilon {target_epsilon} cannot be met even with noise multiplier {hi}")
+            hi *= 2.0
+    else:
+        while hi > 1e-3 and total_eps(hi / 2.0) <= target_epsilon:
+            hi /= 2.0
         if hi <= 1e-3:
             return hi
+    lo = hi / 2.0
     while hi / lo > 1.001:
         mid = math.sqrt(lo * hi)
         if total_eps(mid) > target_epsilon:

@@ -116,8 +116,8 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
     """Run (or resume) the federation and export the artifact; return its folder."""
     result_path = settings.output_dir / RESULT_FILE
     schema = Schema.load(settings.schema_path)
-    n_features = TabularTransform(schema).n_features
-    model_config = cfg.model_config(n_features)
+    transform = TabularTransform(schema)
+    model_config = cfg.model_config(transform.n_features)
 
     ckpt = load_checkpoint(settings.checkpoint_dir)
     if ckpt is None:
@@ -127,7 +127,7 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
             print(f"[fedsynth] public warm start: {cfg.public_pretrain_steps} steps on schema-only rows "
                   "(no privacy cost)", flush=True)
             initial.load_state_dict(pretrain_public(
-                initial, TabularTransform(schema), scheduler_config=cfg.scheduler_config(),
+                initial, transform, scheduler_config=cfg.scheduler_config(),
                 steps=cfg.public_pretrain_steps, batch_size=min(cfg.batch_size, 256), lr=cfg.lr, seed=cfg.seed,
             ).state_dict)
         ckpt = Checkpoint(run_key=new_run_key(), completed_round=0, num_server_rounds=cfg.num_server_rounds,
