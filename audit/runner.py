@@ -347,7 +347,7 @@ def _default_trainer(
             noise_multiplier=noise,
             max_grad_norm=float(run.get("max-grad-norm", 1.0)),
             delta=delta,
-            grad_sample_mode=str(run.get("grad-sample-mode", "hooks")),
+            grad_sample_mode=str(run.get("grad-sample-mode", "bookkeeping")),
         )
     except Exception as exc:  # the shadow attack is optional; report why it was skipped
         log.warning("shadow attack disabled: %s", exc)

@@ -7,6 +7,7 @@ history is run state: it is passed in and returned, so epsilon is accounted over
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedsynth.common.dp_engine import BookkeepingClipper, ClippedSumDPOptimizer
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.scheduler import DDPMScheduler, SchedulerConfig
 
@@ -176,11 +178,40 @@ def epsilon_from_state(state: Mapping[str, Any] | None, *, delta: float, account
             "the gdp accountant cannot compose rounds with different noise multipliers or sample rates; "
             "use accountant 'rdp' or 'prv'"
         )
+    if accountant == "rdp":
+        return _rdp_epsilon(history, delta)
     acc = create_accountant(mechanism=accountant)
     acc.load_state_dict({"mechanism": accountant, **copy.deepcopy(dict(state)), "history": history})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=512)
+def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """RDP of one subsampled Gaussian step at Opacus' default orders (RDP composes additively over steps)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    out = rdp_analysis.compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+    )
+    out.setflags(write=False)
+    return out
+
+
+def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    """Opacus' RDP accountant epsilon for ``history``, with each ``(sigma, q)`` pair's RDP computed once per process.
+
+    ``compute_rdp(q, sigma, steps)`` is ``steps`` times the one-step RDP, so this gives exactly Opacus' number;
+    the cache saves the 0.1-0.2 s Opacus spends per call on the fractional orders (every round asks again).
+    """
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    rdp = sum(_rdp_per_step(float(q), float(sigma)) * int(steps) for sigma, q, steps in history)
+    eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
 
 
 def projected_epsilon(
@@ -277,9 +308,11 @@ def train_dp(
         accountant_state: history from earlier rounds; accounting continues from it.
         accountant: Opacus accountant (``rdp``, ``prv``, ``gdp``).
         seed: seeds batch sampling, timesteps, diffusion noise and DP noise.
-        grad_sample_mode: Opacus per-sample gradient mode (``hooks``, ``functorch``, ``ew``, or ``ghost``:
-            fast gradient clipping, two backward passes and no per-sample gradients for ``nn.Linear``; the
-            same clipped + noised gradient and the same accounting as ``hooks``).
+        grad_sample_mode: per-sample clipping engine. ``bookkeeping``: one forward and one backward pass
+            (:mod:`fedsynth.common.dp_engine`), with Opacus' optimizer for the noise and scaling and Opacus'
+            accountant; or one of Opacus' own modes: ``hooks``, ``functorch``, ``ew``, ``ghost`` (fast gradient
+            clipping: per-sample norms without per-sample gradients, then a second backward pass). All give the
+            same clipped + noised gradient and the same accounting as ``hooks``.
         secure_mode: use Opacus' cryptographically secure noise (slower; for production sites).
         multiplicity: draws of ``(t, eps)`` per row whose gradients are averaged *before* per-sample
             clipping ("augmentation multiplicity", De et al. 2022; Dockhorn et al. 2023 for diffusion). Each
@@ -292,14 +325,19 @@ def train_dp(
         The trained weights, losses and the updated privacy accounting.
     """
     from opacus import PrivacyEngine
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
     from opacus.validators import ModuleValidator
 
     if steps < 1:
         raise ConfigError("steps must be >= 1")
     if multiplicity < 1:
         raise ConfigError("multiplicity must be >= 1")
-    if multiplicity > 1 and grad_sample_mode != "hooks":
-        raise ConfigError("multiplicity > 1 needs grad_sample_mode='hooks' (it averages per-sample gradients)")
+    if multiplicity > 1 and grad_sample_mode not in ("hooks", "bookkeeping"):
+        raise ConfigError(
+            "multiplicity > 1 needs grad_sample_mode 'hooks' or 'bookkeeping' (it averages per-sample gradients)"
+        )
+    if not 0.0 <= ema_decay < 1.0:
+        raise ConfigError("ema_decay must be in [0, 1)")
     ModuleValidator.validate(model, strict=True)
     if grad_sample_mode == "ghost":  # registers ghost norm samplers for Conv1d and GroupNorm with Opacus
         import fedsynth.common.opacus_norms  # noqa: F401
@@ -312,42 +350,68 @@ def train_dp(
     optimizer = torch.optim.Adam(work.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(x), batch_size=bs, generator=gen)
     noise_gen = torch.Generator().manual_seed(seed + 1) if (seed is not None and not secure_mode) else None
+    clipper: BookkeepingClipper | None = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         warnings.filterwarnings("ignore", message=".*[Oo]ptimal.*")
         engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
         if accountant_state:
             engine.accountant.load_state_dict(copy.deepcopy(dict(accountant_state)))
-        private = engine.make_private(
-            module=work,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise_gen,
-            grad_sample_mode=grad_sample_mode,
-            **({"criterion": PerSampleLoss()} if grad_sample_mode == "ghost" else {}),
-        )
-    # ghost clipping also returns a criterion whose output's backward() runs both backward passes
-    dp_model, dp_opt, dp_criterion, dp_loader = private if len(private) == 4 else (*private[:2], None, private[2])
+        if grad_sample_mode == "bookkeeping":
+            # Opacus' noise, scaling and accounting around our single-backward clipper (dp_engine.py), set up
+            # the way make_private sets up ghost mode: same sample rate, expected batch size and generators
+            clipper = BookkeepingClipper(work, max_grad_norm=max_grad_norm, multiplicity=multiplicity)
+            q = 1.0 / len(loader)
+            dp_model, dp_criterion = work, None
+            dp_opt = ClippedSumDPOptimizer(
+                optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                expected_batch_size=int(n * q), loss_reduction="mean",
+                generator=engine.secure_rng if secure_mode else noise_gen, secure_mode=secure_mode,
+            )
+            dp_opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=q))
+            batches = UniformWithReplacementSampler(
+                num_samples=n, sample_rate=q, generator=engine.secure_rng if secure_mode else gen
+            )
+        else:
+            private = engine.make_private(
+                module=work,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                poisson_sampling=True,
+                noise_generator=noise_gen,
+                grad_sample_mode=grad_sample_mode,
+                **({"criterion": PerSampleLoss()} if grad_sample_mode == "ghost" else {}),
+            )
+            # ghost clipping also returns a criterion whose output's backward() runs both backward passes
+            dp_model, dp_opt, dp_criterion, dp_loader = (
+                private if len(private) == 4 else (*private[:2], None, private[2])
+            )
+            batches = dp_loader.batch_sampler
     scheduler = DDPMScheduler(scheduler_config)
-    if not 0.0 <= ema_decay < 1.0:
-        raise ConfigError("ema_decay must be in [0, 1)")
     ema = _EmaWeights(work, ema_decay) if ema_decay > 0 else None
     losses: list[float] = []
     while len(losses) < steps:
-        for (xb,) in dp_loader:
+        # Poisson batches as index lists (Opacus' sampler); rows are gathered in one indexing op, not per row
+        for idx in batches:
+            xb = x[torch.as_tensor(idx, dtype=torch.long)]
             dp_opt.zero_grad(set_to_none=True)
             if multiplicity > 1:
                 xb = xb.repeat_interleave(multiplicity, dim=0)
-            per_sample = diffusion_loss(dp_model, scheduler, xb, generator=gen)
-            loss = _batch_mean(per_sample) if dp_criterion is None else dp_criterion(per_sample)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*Full backward hook.*")
-                loss.backward()
-            if multiplicity > 1:
-                _merge_grad_samples(dp_model, multiplicity)
+            if clipper is not None:
+                with clipper.capture():
+                    per_sample = diffusion_loss(dp_model, scheduler, xb, generator=gen)
+                loss = _batch_mean(per_sample)
+                clipper.backward(per_sample)
+            else:
+                per_sample = diffusion_loss(dp_model, scheduler, xb, generator=gen)
+                loss = _batch_mean(per_sample) if dp_criterion is None else dp_criterion(per_sample)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*Full backward hook.*")
+                    loss.backward()
+                if multiplicity > 1:
+                    _merge_grad_samples(dp_model, multiplicity)
             dp_opt.step()
             if ema is not None:
                 ema.update(work)
@@ -359,9 +423,15 @@ def train_dp(
                 break
     sample_rate = 1.0 / len(loader)
     state = engine.accountant.state_dict()
-    eps = float(engine.accountant.get_epsilon(delta=delta))
+    if accountant == "rdp":  # same number, cached per (sigma, q)
+        eps = _rdp_epsilon(_merged_history(state["history"]), delta)
+    else:
+        eps = float(engine.accountant.get_epsilon(delta=delta))
     finite = [v for v in losses if math.isfinite(v)]
-    weights = _cpu_state(dp_model._module) if ema is None else ema.state_dict(dp_model._module)
+    trained = work
+    weights = _cpu_state(trained) if ema is None else ema.state_dict(trained)
+    if clipper is not None:
+        clipper.remove()
     if hasattr(dp_model, "remove_hooks"):
         dp_model.remove_hooks()
     return TrainResult(
@@ -399,11 +469,13 @@ def train_nonprivate(
     work = copy.deepcopy(model)
     work.train()
     optimizer = torch.optim.Adam(work.parameters(), lr=lr)
-    loader = DataLoader(TensorDataset(x), batch_size=bs, shuffle=True, generator=gen, drop_last=n > bs)
     scheduler = DDPMScheduler(scheduler_config)
     losses: list[float] = []
     while len(losses) < steps:
-        for (xb,) in loader:
+        # shuffled epochs of full batches (the last, partial one dropped), gathered by one indexing op each
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n - bs + 1 if n > bs else 1, bs):
+            xb = x[perm[start : start + bs]]
             optimizer.zero_grad(set_to_none=True)
             loss = diffusion_loss(work, scheduler, xb, generator=gen).mean()
             loss.backward()
