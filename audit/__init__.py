@@ -6,7 +6,13 @@ returned by per-site audit jobs (:mod:`fedsynth.audit.site_stats`).
 """
 
 from fedsynth.audit.gate import CheckResult, GateConfig, GateResult, evaluate_gate
-from fedsynth.audit.index import FaissFlatL2Index, NearestNeighborIndex, NumpyExactIndex, make_index
+from fedsynth.audit.index import (
+    FaissFlatL2Index,
+    NearestNeighborIndex,
+    NumpyExactIndex,
+    TorchExactIndex,
+    make_index,
+)
 
 __all__ = [
     "CheckResult",
@@ -15,6 +21,7 @@ __all__ = [
     "GateResult",
     "NearestNeighborIndex",
     "NumpyExactIndex",
+    "TorchExactIndex",
     "evaluate_gate",
     "make_index",
 ]

@@ -120,7 +120,7 @@ def make_canaries(
     reference: pd.DataFrame | None = None,
     oversample: int = 20,
     seed: int = 0,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
 ) -> CanarySet:
     """Draw ``n`` in-domain canaries, far from the reference data, half members and half not.
 
@@ -159,7 +159,7 @@ def canary_scores(
     synthetic: np.ndarray,
     transform: TabularTransform,
     *,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
 ) -> np.ndarray:
     """Distance attack score of each canary: minus its distance to the closest synthetic row."""
     enc = transform.transform(canaries.records[list(transform.schema.names)])
@@ -172,7 +172,7 @@ def canary_test(
     transform: TabularTransform,
     *,
     delta: float = 0.0,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
     seed: int = 0,
 ) -> MiaResult:
     """Membership test on canaries: can the synthetic sample tell inserted from held-out canaries?

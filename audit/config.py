@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.audit.gate import GateConfig
+from fedsynth.audit.index import BACKENDS
 from fedsynth.common.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -36,7 +37,8 @@ class AuditConfig:
         n_synthetic: rows sampled from the generator under audit.
         sample_steps: DDIM steps when sampling it.
         seed: seed for sampling, subsampling and bootstraps.
-        backend: nearest-neighbour backend (``faiss`` or ``numpy``).
+        backend: nearest-neighbour backend (``auto``, ``torch``, ``faiss`` or ``numpy``; ``auto``
+            picks the fastest exact one, see :func:`fedsynth.audit.index.make_index`).
         max_rows: cap on rows per table in the fidelity and distance computations.
         domias_model: density model of the DOMIAS attack (``kde`` or ``gmm``).
         shadow: run the shadow-model attack (trains ``shadow_models`` tiny generators).
@@ -51,7 +53,7 @@ class AuditConfig:
     n_synthetic: int = 5000
     sample_steps: int = 50
     seed: int = 0
-    backend: str = "faiss"
+    backend: str = "auto"
     max_rows: int = 5000
     domias_model: str = "kde"
     shadow: bool = True
@@ -63,9 +65,10 @@ class AuditConfig:
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("faiss", "numpy"):
+        if self.backend not in BACKENDS:
             raise ConfigError(
-                f"audit key 'backend' must be 'faiss' or 'numpy', got {self.backend!r}"
+                f"audit key 'backend' must be one of {', '.join(map(repr, BACKENDS))}, "
+                f"got {self.backend!r}"
             )
         if self.domias_model not in ("kde", "gmm"):
             raise ConfigError(

@@ -63,7 +63,7 @@ def summarize(
     )
 
 
-def dcr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "faiss") -> np.ndarray:
+def dcr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "auto") -> np.ndarray:
     """Distance from each query row to its closest row in ``reference``.
 
     Args:
@@ -78,7 +78,7 @@ def dcr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "faiss")
     return dist[:, 0]
 
 
-def nndr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "faiss") -> np.ndarray:
+def nndr(query: np.ndarray, reference: np.ndarray, *, backend: Backend = "auto") -> np.ndarray:
     """Nearest-neighbour distance ratio ``d1 / d2`` of each query row w.r.t. ``reference``.
 
     Values near 0 mean the closest record is much closer than the second: the query isolates one
@@ -145,7 +145,7 @@ def dcr_share(
     train: np.ndarray,
     holdout: np.ndarray,
     *,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
     seed: int = 0,
 ) -> DcrShare:
     """Fraction of synthetic rows whose closest record lies in ``train`` rather than ``holdout``.

@@ -1,12 +1,16 @@
-"""Nearest-neighbour search behind one protocol: FAISS and an exact NumPy reference backend."""
+"""Nearest-neighbour search behind one protocol: torch (pruned blocked GEMM), FAISS and an exact NumPy
+reference backend."""
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-Backend = Literal["faiss", "numpy"]
+Backend = Literal["auto", "torch", "faiss", "numpy"]
+
+#: accepted values of ``backend`` (``auto`` picks the fastest exact backend available: torch)
+BACKENDS: tuple[str, ...] = ("auto", "torch", "faiss", "numpy")
 
 
 @runtime_checkable
@@ -110,6 +114,489 @@ class NumpyExactIndex:
         return out_d, out_i
 
 
+# ---------------------------------------------------------------------------------------------
+# Torch backend: exact search by pruned blocked GEMM (float32 screening, float64 refinement).
+# ---------------------------------------------------------------------------------------------
+
+_EPS32 = 2.0**-24  # unit roundoff of float32
+
+
+class TorchExactIndex:
+    """Exact L2 search with torch: pruned float32 GEMM screening, exact float64 refinement.
+
+    Results match :class:`NumpyExactIndex` (float64 distances, ties broken by the lower index, a
+    copied row at distance exactly 0); only the work done to get there differs:
+
+    1. The reference rows are clustered (a few k-means steps on a subsample; any clustering gives
+       the same results, a good one is only faster). Each cluster keeps its centroid ``c`` and
+       radius ``rho = max ||r - c||``.
+    2. Every query is first compared with all rows of its nearest cluster; its k-th best distance
+       so far, ``U``, bounds its answer. Another cluster can only hold a closer row if
+       ``||q - c|| - rho <= U`` (triangle inequality); all others are skipped. Where pruning
+       would leave more than :attr:`_ClusterState.MAX_WORK_FRACTION` of the pairs (e.g. uniform,
+       high-dimensional data; the pruned path is slower per pair), the query
+       chunk is screened against all rows instead: by ``faiss.IndexFlatL2`` when faiss is
+       installed (its fused kernel beats torch's ``topk``), else by blocked torch GEMMs.
+    3. Distances are screened in float32 as ``||q||^2 + ||r||^2 - 2 q.r`` on centred coordinates
+       (centroid or mean), keeping the ``k + extra`` best per query. Candidates within twice a
+       rigorous float32 error bound of the k-th are re-measured exactly in float64
+       (``sum((q - r)^2)``) and re-ranked. Where a row that was not kept could still beat the
+       k-th (many near-equidistant neighbours, e.g. duplicated references), the query is redone
+       by an exact float64 search.
+
+    Args:
+        dim: number of features.
+        threads: torch intra-op threads while searching (``None``: leave torch's setting). On a
+            shared machine, more threads than idle cores slows this down a lot.
+        extra: candidates kept beyond ``k`` for the exact re-ranking.
+        n_clusters: clusters of the reference (``None``: ``3 * sqrt(n)`` from
+            :attr:`MIN_ROWS_TO_CLUSTER` rows on, else 0; 0 disables pruning: brute force).
+        block: reference rows per block in the torch brute-force path (a quarter as many queries).
+        seed: seed of the clustering (affects speed only, never results).
+        use_faiss: screen with faiss (if installed) where pruning does not pay.
+    """
+
+    #: below this many reference rows, pruning does not pay: blocked brute force
+    MIN_ROWS_TO_CLUSTER = 8192
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        threads: int | None = None,
+        extra: int = 3,
+        n_clusters: int | None = None,
+        block: int = 4096,
+        seed: int = 0,
+        use_faiss: bool = True,
+    ) -> None:
+        self.dim = dim
+        self.threads = threads
+        self.extra = extra
+        self.n_clusters = n_clusters
+        self.block = block
+        self.seed = seed
+        self._parts: list[np.ndarray] = []
+        self.use_faiss = use_faiss
+        self._state: _ClusterState | None = None
+        self._data: np.ndarray | None = None
+        self._faiss: tuple[Any, Any, float] | None = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(sum(len(p) for p in self._parts))
+
+    def add(self, x: np.ndarray) -> None:
+        self._parts.append(_as_f32(x, self.dim))
+        self._state = None
+        self._data = None
+        self._faiss = None
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(k, self.ntotal)
+        queries = _as_f32(q, self.dim)
+        with _torch_threads(self.threads):
+            return self._search(queries, k)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _reference(self) -> np.ndarray:
+        if self._data is None:
+            self._data = (
+                self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
+            )
+        return self._data
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        data = self._reference()
+        n, m = len(data), len(queries)
+        kk = min(k + self.extra, n)
+        out_d = np.empty((m, k))
+        out_i = np.empty((m, k), dtype=np.int64)
+        if m == 0:
+            return out_d, out_i
+        state = self._cluster_state()
+        q_t = torch.from_numpy(queries)
+        # the pruned path holds a (queries x clusters) float32 matrix: about 512 MB at most
+        chunk = max(1, (1 << 27) // state.n_clusters) if state else 65536
+        for s in range(0, m, chunk):
+            qc = q_t[s : s + chunk]
+            cand_v, cand_i, tol = None, None, None
+            if state is not None:
+                got = state.search(qc, k, kk)
+                if got is None:
+                    state = None  # pruning does not pay here: brute force for the other chunks too
+                else:
+                    cand_v, cand_i, tol = got
+            if cand_v is None and self.use_faiss and _has_module("faiss"):
+                cand_v, cand_i, tol = self._brute_faiss(qc, kk)
+            if cand_v is None and k == 1:
+                d, i = self._brute_band(qc, queries[s : s + len(qc)])
+            else:
+                if cand_v is None:
+                    cand_v, cand_i, tol = self._brute(qc, kk)
+                d, i = self._refine(queries[s : s + len(qc)], cand_v, cand_i, tol, k)
+            out_d[s : s + len(qc)] = d
+            out_i[s : s + len(qc)] = i
+        return out_d, out_i
+
+    def _cluster_state(self) -> _ClusterState | None:
+        n = self.ntotal
+        n_clusters = self.n_clusters
+        if n_clusters is None:
+            n_clusters = int(round(3 * np.sqrt(n))) if n >= self.MIN_ROWS_TO_CLUSTER else 0
+        n_clusters = min(n_clusters, n)
+        if n_clusters < 2:
+            return None
+        if self._state is None or self._state.n_clusters != n_clusters:
+            self._state = _ClusterState(self._reference(), n_clusters, seed=self.seed)
+        return self._state
+
+    def _brute(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
+        """Blocked brute force: float32 screening of every row, the ``kk`` best kept per query."""
+        import torch
+
+        data = torch.from_numpy(self._reference())
+        mu = data.mean(0)
+        q_all = qc - mu
+        qn_all = (q_all * q_all).sum(1)
+        best_v = torch.full((len(qc), kk), float("inf"))
+        best_i = torch.full((len(qc), kk), -1, dtype=torch.long)
+        rmax = torch.zeros(())
+        qb = max(1, self.block // 4)
+        for rs in range(0, len(data), self.block):
+            r = data[rs : rs + self.block] - mu
+            rn = (r * r).sum(1)
+            rmax = torch.maximum(rmax, rn.max())
+            for qs in range(0, len(qc), qb):
+                q, qn = q_all[qs : qs + qb], qn_all[qs : qs + qb]
+                d2 = torch.addmm(rn.unsqueeze(0), q, r.T, alpha=-2.0).add_(qn.unsqueeze(1))
+                v, j = torch.topk(d2, min(kk, d2.shape[1]), dim=1, largest=False, sorted=False)
+                best_v[qs : qs + qb], best_i[qs : qs + qb] = _merge(
+                    best_v[qs : qs + qb], best_i[qs : qs + qb], v, j + rs, kk
+                )
+        tol = _gamma(self.dim) * (qn_all + rmax)
+        return best_v, best_i, tol
+
+    def _brute_faiss(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
+        """Blocked brute force screening by ``faiss.IndexFlatL2`` (its fused GEMM + selection kernel
+        is faster than torch's ``topk``), on mean-centred rows; same error bound as :meth:`_brute`."""
+        import faiss
+        import torch
+
+        if self._faiss is None:
+            data = torch.from_numpy(self._reference())
+            mu = data.mean(0)
+            centred = (data - mu).numpy()
+            index = faiss.IndexFlatL2(self.dim)
+            index.add(centred)
+            self._faiss = (index, mu, float((centred.astype(np.float64) ** 2).sum(1).max()))
+        index, mu, rmax = self._faiss
+        q = (qc - mu).contiguous()
+        qn = (q * q).sum(1)
+        d2, idx = index.search(q.numpy(), kk)
+        tol = _gamma(self.dim) * (qn + rmax)
+        return torch.from_numpy(d2), torch.from_numpy(idx.astype(np.int64)), tol
+
+    def _brute_band(self, qc: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blocked brute force for ``k = 1``: float32 screening of every row keeping, per query,
+        every row within twice the error bound of the running minimum (``amin`` and a comparison
+        are much cheaper than ``topk``); those are measured exactly, so no row is ever unsure."""
+        import torch
+
+        data = torch.from_numpy(self._reference())
+        mu = data.mean(0)
+        q_all = qc - mu
+        qn_all = (q_all * q_all).sum(1)
+        centred = data - mu
+        rn_all = (centred * centred).sum(1)
+        tol = _gamma(self.dim) * (qn_all + rn_all.max())
+        best = torch.full((len(qc),), float("inf"))
+        rows, cols, vals = [], [], []
+        qb = max(1, self.block // 4)
+        for rs in range(0, len(data), self.block):
+            r, rn = centred[rs : rs + self.block], rn_all[rs : rs + self.block]
+            for qs in range(0, len(qc), qb):
+                q, qn = q_all[qs : qs + qb], qn_all[qs : qs + qb]
+                d2 = torch.addmm(rn.unsqueeze(0), q, r.T, alpha=-2.0).add_(qn.unsqueeze(1))
+                blk_min = torch.amin(d2, dim=1)
+                blk_best = torch.minimum(best[qs : qs + qb], blk_min)
+                best[qs : qs + qb] = blk_best
+                thr = blk_best + 2 * tol[qs : qs + qb]
+                hit = torch.nonzero(blk_min <= thr).flatten()  # rows with a candidate here
+                if len(hit) == 0:
+                    continue
+                sub = d2.index_select(0, hit)
+                i, j = torch.nonzero(sub <= thr[hit].unsqueeze(1), as_tuple=True)
+                rows.append(hit[i] + qs)
+                cols.append(j + rs)
+                vals.append(sub[i, j])
+        row, col, val = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+        keep = val <= (best + 2 * tol)[row]  # drop candidates a later block beat
+        row, col = row[keep], col[keep]
+        diff = data.index_select(0, col).double() - torch.from_numpy(queries).index_select(0, row).double()
+        exact = (diff * diff).sum(1).numpy()
+        row_n, col_n = row.numpy(), col.numpy()
+        o = np.lexsort((col_n, exact, row_n))
+        first = np.ones(len(o), dtype=bool)
+        first[1:] = row_n[o][1:] != row_n[o][:-1]
+        pick = o[first]  # one per query (every query keeps at least its minimum), in query order
+        return np.sqrt(exact[pick])[:, None], col_n[pick][:, None].astype(np.int64)
+
+    def _refine(
+        self, queries: np.ndarray, cand_v: Any, cand_i: Any, tol: Any, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact float64 distances of the candidates, re-ranked; ambiguous rows re-done exactly."""
+        import torch
+
+        cand_v, order = torch.sort(cand_v, dim=1)
+        cand_i = torch.gather(cand_i, 1, order)
+        kth = cand_v[:, k - 1]
+        # Only candidates whose screened value is within twice the error bound of the k-th can be
+        # among the true k nearest: measure those exactly (float64, sum of squared differences).
+        in_band = (cand_v <= (kth + 2 * tol).unsqueeze(1)) & (cand_i >= 0)
+        in_band[:, :k] |= cand_i[:, :k] >= 0
+        rq, col = torch.nonzero(in_band, as_tuple=True)
+        ri = cand_i[rq, col]
+        data = self._reference()
+        ref_t = torch.from_numpy(data)
+        diff = ref_t.index_select(0, ri).double() - torch.from_numpy(queries).index_select(0, rq).double()
+        d2_t = torch.full(cand_v.shape, float("inf"), dtype=torch.float64)
+        d2_t[rq, col] = (diff * diff).sum(1)
+        d2 = d2_t.numpy()
+        idx = cand_i.numpy()
+        idx_key = np.where(np.isfinite(d2), idx, np.iinfo(np.int64).max)
+        o = np.lexsort((idx_key, d2), axis=1)[:, :k]
+        best_d = np.sqrt(np.take_along_axis(d2, o, axis=1))
+        best_i = np.take_along_axis(idx, o, axis=1)
+        # A row never kept has a float32 screen value >= the last kept one (or was pruned with a
+        # margin). If that value minus the error bound could still undercut the k-th screened
+        # value plus the error bound, the answer is not certain: do the row exactly.
+        last = cand_v[:, -1]
+        unsure = (torch.isfinite(last) & (last - tol <= kth + tol)).numpy()
+        unsure |= ~np.isfinite(best_d).all(axis=1)
+        if unsure.any():
+            d_ex, i_ex = self._exact_rows(queries[unsure], k)
+            best_d[unsure] = d_ex
+            best_i[unsure] = i_ex
+        return best_d, best_i
+
+    def _exact_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search for a few queries: float64 screening of every row; every row within the
+        float64 error bound of the k-th is re-measured as ``sum((q - r)^2)`` and ranked with ties
+        broken by the lower index."""
+        import torch
+
+        data = self._reference()
+        ref = torch.from_numpy(data).double()
+        mu = ref.mean(0)
+        ref = ref - mu
+        rn = (ref * ref).sum(1)
+        gamma64 = 2.0 * (self.dim + 8) * 2.0**-53
+        out_d = np.empty((len(queries), k))
+        out_i = np.empty((len(queries), k), dtype=np.int64)
+        for s in range(0, len(queries), 64):
+            q = torch.from_numpy(queries[s : s + 64]).double() - mu
+            qn = (q * q).sum(1)
+            d2 = torch.addmm(rn.unsqueeze(0), q, ref.T, alpha=-2.0).add_(qn.unsqueeze(1))
+            kth = torch.kthvalue(d2, k, dim=1).values
+            band = kth + 2 * gamma64 * (qn + rn.max())
+            for r in range(len(q)):
+                cand = torch.nonzero(d2[r] <= band[r]).flatten().numpy()
+                diff = data[cand].astype(np.float64) - queries[s + r].astype(np.float64)
+                exact = np.einsum("ij,ij->i", diff, diff)
+                o = np.lexsort((cand, exact))[:k]
+                out_d[s + r] = np.sqrt(exact[o])
+                out_i[s + r] = cand[o]
+        return out_d, out_i
+
+
+def _gamma(dim: int) -> float:
+    """Bound factor on the float32 error of ``||q||^2 + ||r||^2 - 2 q.r`` relative to
+    ``||q||^2 + ||r||^2`` (any summation order, plus the rounding of centring the inputs)."""
+    return 2.0 * (dim + 8) * _EPS32
+
+
+def _merge(best_v: Any, best_i: Any, v: Any, j: Any, kk: int) -> tuple[Any, Any]:
+    import torch
+
+    allv = torch.cat([best_v, v], dim=1)
+    alli = torch.cat([best_i, j], dim=1)
+    mv, mj = torch.topk(allv, min(kk, allv.shape[1]), dim=1, largest=False, sorted=False)
+    return mv, torch.gather(alli, 1, mj)
+
+
+class _ClusterState:
+    """Reference rows sorted by k-means cluster, with centroids and radii (see TorchExactIndex)."""
+
+    #: above this fraction of the (query, row) pairs left after pruning, brute force is faster
+    #: (the pruned path runs many small GEMMs, several times slower per pair)
+    MAX_WORK_FRACTION = 0.35
+    #: k-means: Lloyd iterations, and rows of the subsample per cluster
+    ITERS = 4
+    SAMPLE_PER_CLUSTER = 12
+
+    def __init__(self, data: np.ndarray, n_clusters: int, *, seed: int) -> None:
+        import torch
+
+        x = torch.from_numpy(data)
+        n, dim = x.shape
+        self.dim = dim
+        self.n_clusters = n_clusters
+        g = torch.Generator().manual_seed(seed)
+        sub = x[torch.randperm(n, generator=g)[: min(n, self.SAMPLE_PER_CLUSTER * n_clusters)]]
+        cent = sub[torch.randperm(len(sub), generator=g)[:n_clusters]].clone()
+        for _ in range(self.ITERS):
+            lab = _nearest(sub, cent)
+            sums = torch.zeros_like(cent).index_add_(0, lab, sub)
+            cnt = torch.bincount(lab, minlength=n_clusters)
+            nz = cnt > 0
+            cent[nz] = sums[nz] / cnt[nz].unsqueeze(1).to(sums.dtype)
+        lab = _nearest(x, cent)
+        order = torch.argsort(lab, stable=True)
+        self.counts = torch.bincount(lab, minlength=n_clusters)
+        self.offsets = torch.zeros(n_clusters + 1, dtype=torch.long)
+        self.offsets[1:] = torch.cumsum(self.counts, 0)
+        self.order = order  # sorted position -> original row index
+        self.centroids = cent
+        self.cn = (cent * cent).sum(1)
+        lab_sorted = lab[order]
+        # rows centred on their own centroid (the screening coordinates), and their norms
+        self.rows = (x[order] - cent[lab_sorted]).contiguous()
+        self.rn = (self.rows * self.rows).sum(1)
+        # radii measured exactly (float64) on the uncentred rows, rounded up a little
+        dist64 = (x[order].double() - cent[lab_sorted].double()).norm(dim=1)
+        radius = torch.zeros(n_clusters, dtype=torch.float64).scatter_reduce_(
+            0, lab_sorted, dist64, "amax", include_self=True
+        )
+        self.radius = radius * (1 + 1e-6) + 1e-12
+        self.rmax2 = torch.zeros(n_clusters).scatter_reduce_(
+            0, lab_sorted, self.rn, "amax", include_self=True
+        )
+        self.n = n
+        self.work_fraction = float("nan")  # of the last search: pairs compared / all pairs
+
+    def search(self, qc: Any, k: int, kk: int) -> tuple[Any, Any, Any] | None:
+        """Screen the queries ``qc`` with pruning; ``None`` if pruning would not pay."""
+        import torch
+
+        gamma = _gamma(self.dim)
+        nq = len(qc)
+        qn = (qc * qc).sum(1)
+        # m[q, c] ~ ||q - c||^2, within gamma * (||q||^2 + ||c||^2)
+        m = torch.addmm(self.cn.unsqueeze(0), qc, self.centroids.T, alpha=-2.0).add_(qn.unsqueeze(1))
+        own = torch.argmin(m, dim=1)
+        best_v = torch.full((nq, kk), float("inf"))
+        best_i = torch.full((nq, kk), -1, dtype=torch.long)
+        tol = torch.zeros(nq)  # gamma * max over visited clusters of (||q - c||^2 + max ||r - c||^2)
+        # stage 1: each query against its own (nearest) cluster
+        q_order = torch.argsort(own, stable=True)
+        self._visit(qc, q_order, torch.bincount(own, minlength=self.n_clusters), best_v, best_i, tol, kk)
+        # stage 2: the other clusters that may hold a row closer than the k-th found so far. With
+        # u = the k-th screened distance^2 plus its error bound (>= the true k-th distance^2), a
+        # cluster (centroid c, radius rho) can only if ||q - c|| - rho <= sqrt(u), i.e.
+        #   ||q - c||^2 <= (sqrt(u) + rho)^2,  and ||q - c||^2 >= m - gamma (||q||^2 + ||c||^2):
+        #   m - 2 sqrt(u) rho - (rho^2 + gamma ||c||^2) <= u + gamma ||q||^2.
+        # sqrt(u) and rho are rounded up (slack 1e-5) to absorb float32 rounding of this test.
+        kth = torch.kthvalue(best_v, k, dim=1).values  # best_v is not sorted
+        u = kth + tol
+        s_q = u.clamp_min(0).sqrt().mul_(1 + 1e-5).add_(1e-6)
+        rho = self.radius.float().mul_(1 + 1e-5).add_(1e-6)
+        m.addr_(s_q, rho, alpha=-2.0).sub_((rho * rho + 2 * gamma * self.cn).unsqueeze(0))
+        need = m <= (s_q * s_q + 2 * gamma * qn).unsqueeze(1)
+        del m
+        need[torch.arange(nq), own] = False
+        pairs = torch.nonzero(need)  # (query, cluster), sorted by query
+        del need
+        self.work_fraction = (int(self.counts[pairs[:, 1]].sum()) + nq * self.n / self.n_clusters) / (nq * self.n)
+        if self.work_fraction > self.MAX_WORK_FRACTION:
+            return None  # pruning does not pay: blocked brute force is faster
+        by_cluster = torch.argsort(pairs[:, 1], stable=True)
+        self._visit(
+            qc,
+            pairs[by_cluster, 0],
+            torch.bincount(pairs[:, 1], minlength=self.n_clusters),
+            best_v,
+            best_i,
+            tol,
+            kk,
+        )
+        return best_v, best_i, tol
+
+    def _visit(
+        self, qc: Any, q_idx: Any, q_counts: Any, best_v: Any, best_i: Any, tol: Any, kk: int
+    ) -> None:
+        """Compare the queries ``q_idx`` (grouped by cluster, ``q_counts`` per cluster) with the
+        rows of their cluster, merging into ``best_v``/``best_i`` and raising ``tol`` in place."""
+        import torch
+
+        gamma = _gamma(self.dim)
+        offsets = self.offsets.tolist()
+        bounds = [0, *torch.cumsum(q_counts, 0).tolist()]
+        rmax2 = self.rmax2.tolist()
+        for c in torch.nonzero(q_counts).flatten().tolist():
+            lo, hi = offsets[c], offsets[c + 1]
+            sel = q_idx[bounds[c] : bounds[c + 1]]
+            if hi == lo:
+                continue
+            q = qc.index_select(0, sel).sub_(self.centroids[c])
+            qn = (q * q).sum(1)
+            d2 = torch.addmm(self.rn[lo:hi].unsqueeze(0), q, self.rows[lo:hi].T, alpha=-2.0)
+            d2.add_(qn.unsqueeze(1))
+            tol[sel] = torch.maximum(tol[sel], gamma * (qn + rmax2[c]))
+            bv = best_v.index_select(0, sel)
+            # only queries with a row here better than their worst kept candidate need a merge
+            # (amin is ~10x cheaper than topk, and most visited clusters improve nothing)
+            better = torch.amin(d2, dim=1) < bv.amax(dim=1)
+            if not bool(better.all()):
+                keep = torch.nonzero(better).flatten()
+                if len(keep) == 0:
+                    continue
+                sel, d2, bv = sel[keep], d2.index_select(0, keep), bv.index_select(0, keep)
+            v, j = torch.topk(d2, min(kk, hi - lo), dim=1, largest=False, sorted=False)
+            mv, mi = _merge(bv, best_i.index_select(0, sel), v, self.order[j + lo], kk)
+            best_v[sel] = mv
+            best_i[sel] = mi
+
+
+def _nearest(x: Any, cent: Any) -> Any:
+    """Index of the nearest centroid of each row (float32 screening; only used for clustering)."""
+    import torch
+
+    out = torch.empty(len(x), dtype=torch.long)
+    cn = (cent * cent).sum(1)
+    for s in range(0, len(x), 16384):
+        d2 = torch.addmm(cn.unsqueeze(0), x[s : s + 16384], cent.T, alpha=-2.0)
+        out[s : s + 16384] = torch.argmin(d2, dim=1)
+    return out
+
+
+class _torch_threads:
+    """Context manager: torch intra-op threads set to ``n`` (``None``: unchanged)."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+        self.work_fraction = float("nan")  # of the last search: pairs compared / all pairs
+        self.before: int | None = None
+
+    def __enter__(self) -> None:
+        if self.n is not None:
+            import torch
+
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before is not None:
+            import torch
+
+            torch.set_num_threads(self.before)
+
+
 def _check_k(k: int, ntotal: int) -> None:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -117,12 +604,17 @@ def _check_k(k: int, ntotal: int) -> None:
         raise ValueError(f"asked for {k} neighbours but the index holds only {ntotal} rows")
 
 
-def make_index(x: np.ndarray, *, backend: Backend = "faiss") -> NearestNeighborIndex:
+def make_index(
+    x: np.ndarray, *, backend: Backend = "auto", threads: int | None = None
+) -> NearestNeighborIndex:
     """Build an index over the rows of ``x``.
 
     Args:
         x: array of shape ``(n, d)``.
-        backend: ``"faiss"`` (default) or ``"numpy"`` (exact reference implementation).
+        backend: ``"auto"`` (default: the fastest exact backend available, i.e. ``"torch"``, else
+            ``"faiss"``), ``"torch"`` (:class:`TorchExactIndex`), ``"faiss"``
+            (:class:`FaissFlatL2Index`) or ``"numpy"`` (exact reference implementation).
+        threads: torch intra-op threads for the torch backend (``None``: torch's setting).
 
     Returns:
         A populated :class:`NearestNeighborIndex`.
@@ -131,12 +623,22 @@ def make_index(x: np.ndarray, *, backend: Backend = "faiss") -> NearestNeighborI
         ValueError: unknown backend.
     """
     arr = _as_f32(x)
+    if backend == "auto":
+        backend = "torch" if _has_module("torch") else "faiss"
     index: NearestNeighborIndex
-    if backend == "faiss":
+    if backend == "torch":
+        index = TorchExactIndex(arr.shape[1], threads=threads)
+    elif backend == "faiss":
         index = FaissFlatL2Index(arr.shape[1])
     elif backend == "numpy":
         index = NumpyExactIndex(arr.shape[1])
     else:
-        raise ValueError(f"backend must be 'faiss' or 'numpy', got {backend!r}")
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     index.add(arr)
     return index
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

@@ -58,7 +58,7 @@ def shadow_attack(
     config: ShadowConfig | None = None,
     targets: np.ndarray | None = None,
     delta: float = 0.0,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
 ) -> MiaResult:
     """Run the shadow-model attack.
 
@@ -124,7 +124,7 @@ def diffusion_trainer(
     max_grad_norm: float = 1.0,
     delta: float = 1e-5,
     sample_steps: int = 20,
-    grad_sample_mode: str = "hooks",
+    grad_sample_mode: str = "bookkeeping",
 ) -> ShadowTrainer:
     """A :data:`ShadowTrainer` that trains the project's diffusion denoiser (DP when
     ``noise_multiplier``).
@@ -140,7 +140,7 @@ def diffusion_trainer(
         max_grad_norm: DP-SGD clipping norm.
         delta: DP delta.
         sample_steps: DDIM steps when sampling.
-        grad_sample_mode: Opacus per-sample gradient engine (``ghost`` is about twice as fast).
+        grad_sample_mode: per-sample clipping engine (see ``train_dp``; ``bookkeeping`` is the fastest).
     """
 
     def train(data: np.ndarray, n_synthetic: int, seed: int) -> np.ndarray:

@@ -37,7 +37,7 @@ def site_audit_stats(
     site: str = "site",
     max_rows: int = 5000,
     delta: float = 0.0,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
     reid: bool = False,
     reid_attacks: int = 200,
     seed: int = 0,

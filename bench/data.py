@@ -24,8 +24,8 @@ def default_model_config(n_features: int) -> ModelConfig:
     return RunConfig().model_config(n_features)
 
 
-def rows_like(data: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
-    """``n`` rows resampled from ``data`` with a little jitter (stand-in for a large real/synthetic table)."""
+def rows_like(data: np.ndarray, n: int, *, seed: int = 0, jitter: float = 0.05) -> np.ndarray:
+    """``n`` rows resampled from ``data`` with Gaussian ``jitter`` (stand-in for a large real/synthetic table)."""
     rng = np.random.default_rng(seed)
     rows = data[rng.integers(0, len(data), n)]
-    return np.clip(rows + rng.normal(0, 0.05, rows.shape), -1, 1).astype(np.float32)
+    return np.clip(rows + rng.normal(0, jitter, rows.shape), -1, 1).astype(np.float32)
