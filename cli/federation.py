@@ -13,9 +13,14 @@ or step by step (tests, resume)::
         run_id = fed.submit(run_config=..., schema_path=...)
         status = fed.wait(run_id)
 
-Each process runs in its own session with its own ``FLWR_HOME`` under ``<run_dir>/flwr/``; logs go to
-``<run_dir>/logs/``. :meth:`Federation.close` (also on Ctrl-C and exceptions via the context manager) sends
-SIGTERM to every process group it started, then SIGKILL to those still alive. See ``docs/flower-notes.md``.
+Each site runs as ``fedsynth site-agent`` (:mod:`fedsynth.cli.site_agent`): its SuperNode with
+``--isolation process`` and a 0.5 s idle poll, plus a warm ClientApp executor (:mod:`fedsynth.cli.executor`) that
+forks every ``flwr-clientapp`` from a process that has already imported torch, Opacus and fedsynth;
+``warm_clientapps=False`` gives plain ``flower-supernode`` with Flower's stock SuperExec (a fresh
+``flwr-clientapp`` process, imports included, per message, and a 3 s idle poll). Each process runs in its own
+session with its own ``FLWR_HOME`` under ``<run_dir>/flwr/``; logs go to ``<run_dir>/logs/``.
+:meth:`Federation.close` (also on Ctrl-C and exceptions via the context manager) sends SIGTERM to every process
+group it started, then SIGKILL to those still alive. See ``docs/flower-notes.md``.
 """
 
 from __future__ import annotations
@@ -177,15 +182,20 @@ class Federation:
         node_auth: require SuperNode authentication (needs ``tls``); each site's key is registered first.
         echo: receives progress lines (``[fedsynth] round ...``); ``None`` to stay quiet.
         startup_timeout: seconds to wait for each process to come up.
+        warm_clientapps: run each site as ``fedsynth site-agent`` (SuperNode with ``--isolation process`` plus
+            a warm ClientApp executor); ``False``: plain ``flower-supernode``, one cold ``flwr-clientapp``
+            process per message.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, tls: bool = True, node_auth: bool = True,
-                 echo: Callable[[str], None] | None = print, startup_timeout: float = 60.0) -> None:
+                 echo: Callable[[str], None] | None = print, startup_timeout: float = 60.0,
+                 warm_clientapps: bool = True) -> None:
         if node_auth and not tls:
             raise ValueError("SuperNode authentication requires TLS (Flower refuses it otherwise)")
         self.run_dir = Path(run_dir).resolve()
         self.tls, self.node_auth, self.echo = tls, node_auth, echo
         self.startup_timeout = startup_timeout
+        self.warm_clientapps = warm_clientapps
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.port = 0
@@ -290,16 +300,48 @@ class Federation:
             args += ["--auth-supernode-private-key", str(keys.private_key)]
         if max_retries is not None:
             args += ["--max-retries", str(max_retries)]
+        if self.warm_clientapps:
+            # fedsynth site-agent: this SuperNode with --isolation process and a short idle poll, plus the warm
+            # ClientApp executor, in one process group (what a real site runs, see deploy/)
+            args = [sys.executable, "-m", "fedsynth.cli.site_agent", *args[1:]]
         proc = self._spawn(f"supernode-{site.site_id}", args, home=self.run_dir / "flwr" / f"node-{site.site_id}")
         _wait_port(LOOPBACK, port, timeout=self.startup_timeout, proc=proc.popen, log=proc.log)
         self.supernodes[site.site_id] = proc
         return proc
 
-    def start(self, sites: Sequence[SiteSpec]) -> None:
-        """Start the SuperLink and one SuperNode per site."""
+    def start(self, sites: Sequence[SiteSpec], *, wait_ready: bool = True) -> None:
+        """Start the SuperLink and one SuperNode per site (then, by default, wait until they are warm)."""
         self.start_superlink()
         for site in sites:
             self.start_supernode(site)
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, site_ids: Sequence[str] | None = None, *, timeout: float | None = None) -> None:
+        """Wait until each site's warm ClientApp executor has finished its imports (no-op without warm mode).
+
+        Raises:
+            FederationError: a site agent exited, or an executor was not ready within ``timeout`` seconds
+                (default: ``startup_timeout``).
+        """
+        if not self.warm_clientapps:
+            return
+        from fedsynth.cli.executor import READY_MESSAGE
+
+        deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
+        pending = list(self.supernodes if site_ids is None else site_ids)
+        while pending:
+            site_id = pending[0]
+            proc = self.supernodes[site_id]
+            if READY_MESSAGE in proc.log.read_text(encoding="utf-8", errors="replace"):
+                pending.pop(0)
+                continue
+            if proc.popen.poll() is not None:
+                raise FederationError(f"site agent of {site_id} exited with code {proc.popen.returncode}; "
+                                      f"see {proc.log}")
+            if time.monotonic() >= deadline:
+                raise FederationError(f"the ClientApp executor of {site_id} is not ready; see {proc.log}")
+            time.sleep(0.2)
 
     def kill_supernode(self, site_id: str) -> None:
         """SIGKILL a site's SuperNode process group (a crash/dropout)."""
@@ -360,7 +402,7 @@ class Federation:
         except (ValueError, KeyError, IndexError, TypeError):
             return "unknown"
 
-    def wait(self, run_id: int, *, timeout: float = 600.0, poll_every: float = 20.0) -> str:
+    def wait(self, run_id: int, *, timeout: float = 600.0, poll_every: float = 60.0) -> str:
         """Block until the run finishes and return its final status.
 
         Waits for the log stream of the run to end (it ends with the run); asks ``flwr ls`` only then and,

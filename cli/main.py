@@ -72,6 +72,36 @@ def validate_model_cmd(
     validate_model(schema)
 
 
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--agent-help"]}
+
+
+@app.command("site-agent", context_settings=_PASSTHROUGH)
+def site_agent_cmd(ctx: typer.Context) -> None:
+    """Run a site: flower-supernode (--isolation process, 0.5 s idle poll) plus a warm ClientApp executor.
+
+    Every option is passed to flower-supernode (see `flower-supernode --help`); exits with its exit code.
+    """
+    from fedsynth.cli.site_agent import run_site_agent
+
+    try:
+        code = run_site_agent(list(ctx.args))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    sys.exit(code)
+
+
+@app.command("clientapp-executor", context_settings=_PASSTHROUGH)
+def clientapp_executor_cmd(ctx: typer.Context) -> None:
+    """Warm SuperExec for a SuperNode started with --isolation process (`site-agent` starts it for you).
+
+    Options: --runtime-api-address, --insecure | --root-certificates, --parent-pid,
+    --superexec-auth-secret-file, --poll-interval (see `python -m fedsynth.cli.executor --help`).
+    """
+    from fedsynth.cli.executor import main as executor_main
+
+    executor_main(list(ctx.args))
+
+
 def _mount_optional() -> None:
     """Mount subcommands that live in their own modules."""
     import importlib

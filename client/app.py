@@ -1,6 +1,7 @@
 """fedsynth ClientApp: a thin Flower adapter around :func:`fedsynth.client.site.train_round`.
 
-The reply carries only the updated weights (``ArrayRecord`` under ``arrays``), a ``MetricRecord`` (loss, epsilon,
+The reply carries only the updated weights (``ArrayRecord`` under ``arrays``; packed into one vector when the
+server sent a ``weights-layout``, see :mod:`fedsynth.common.packing`), a ``MetricRecord`` (loss, epsilon,
 delta, noise-multiplier, sample-rate, steps, num-examples) and the site's name (``ConfigRecord`` ``site``) —
 never rows. A site that cannot or must not train (invalid table, budget exhausted) answers with a Flower
 ``Error`` whose reason says why; the federation goes on with the other sites. Validation errors report only
@@ -17,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from fedsynth.client.site import RoundRequest, SiteSettings, run_config_from, train_round
 from fedsynth.common.errors import DataValidationError, FedsynthError, PrivacyBudgetExceeded
+from fedsynth.common.packing import LAYOUT_CONFIG_KEY, PACKED_ARRAY_KEY, PackLayout, pack_state_dict, unpack_state_dict
 from fedsynth.common.schema import Schema
 
 log = logging.getLogger("fedsynth.client")
@@ -50,12 +52,16 @@ def train(msg: Message, context: Context) -> Message:
     try:
         settings = SiteSettings.from_node_config(context.node_config, node_id=context.node_id)
         config = msg.content["config"]
+        layout = PackLayout.from_json(str(config[LAYOUT_CONFIG_KEY])) if LAYOUT_CONFIG_KEY in config else None
+        state_dict = msg.content["arrays"].to_torch_state_dict()
+        if layout is not None:
+            state_dict = unpack_state_dict(state_dict[PACKED_ARRAY_KEY], layout)
         request = RoundRequest(
             run_key=str(config["run-key"]),
             server_round=int(config["server-round"]),
             schema=Schema.from_dict(json.loads(str(config["schema-json"]))),
             run_config=run_config_from(context.run_config),
-            state_dict=msg.content["arrays"].to_torch_state_dict(),
+            state_dict=state_dict,
         )
         outcome = train_round(settings, request)
     except DataValidationError as err:
@@ -69,9 +75,12 @@ def train(msg: Message, context: Context) -> Message:
     print(f"[fedsynth] site '{site}' round {request.server_round}: "
           f"{'replayed cached update' if outcome.replayed else 'trained'} "
           f"loss={outcome.metrics['loss']:.4f} epsilon={outcome.metrics['epsilon']:.4f}", flush=True)
+    weights = outcome.state_dict
+    if layout is not None:
+        weights = {PACKED_ARRAY_KEY: pack_state_dict(outcome.state_dict, layout)[0]}
     return Message(
         RecordDict({
-            "arrays": ArrayRecord(outcome.state_dict),
+            "arrays": ArrayRecord(weights),
             "metrics": MetricRecord(outcome.metrics),
             "site": ConfigRecord({"site-id": settings.site_id}),
         }),

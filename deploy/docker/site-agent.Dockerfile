@@ -1,4 +1,6 @@
-# fedsynth site agent: flower-supernode plus the installed fedsynth ClientApp (one per hospital).
+# fedsynth site agent: `fedsynth site-agent` = flower-supernode (--isolation process) plus a warm ClientApp
+# executor that forks each flwr-clientapp with torch/Opacus/fedsynth already imported (one per hospital).
+# Arguments after the image name are flower-supernode options (the entrypoint adds --isolation process).
 # The site's table is mounted read-only at /data, its ledger volume at /var/lib/fedsynth, its CA and
 # SuperNode key at /certs. Raw rows never leave this container: replies carry weights and scalar metrics only.
 # Build from the repository root:  docker build -f deploy/docker/site-agent.Dockerfile -t fedsynth/site-agent .
@@ -28,6 +30,6 @@ RUN mkdir -p /etc/fedsynth
 USER fedsynth
 WORKDIR /var/lib/fedsynth
 VOLUME ["/var/lib/fedsynth"]
-ENTRYPOINT ["flower-supernode"]
+ENTRYPOINT ["fedsynth", "site-agent"]
 CMD ["--superlink", "superlink:8000", "--root-certificates", "/certs/ca.crt", \
      "--auth-supernode-private-key", "/certs/auth-key", "--node-config", "/etc/fedsynth/site.toml"]

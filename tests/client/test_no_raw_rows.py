@@ -185,3 +185,30 @@ def test_budget_refusal_carries_no_rows(tmp_path: Path) -> None:
     assert reply.has_error()
     assert "site-a" in reply.error.reason
     _assert_no_cell_in([reply.error.reason], _cells(df))
+
+
+def test_packed_request_gets_a_packed_reply_with_the_same_layout_and_no_rows(tmp_path: Path) -> None:
+    # Arrange: the server's format (one vector + layout in the config, see fedsynth.common.packing)
+    from fedsynth.common.packing import LAYOUT_CONFIG_KEY, PACKED_ARRAY_KEY, PackLayout, pack_state_dict
+
+    schema = _schema()
+    df = _table()
+    data = tmp_path / "site.csv"
+    df.to_csv(data, index=False)
+    content, shapes = _request(schema)
+    flat, layout = pack_state_dict(content["arrays"].to_torch_state_dict())
+    content["arrays"] = ArrayRecord({PACKED_ARRAY_KEY: flat})
+    content["config"][LAYOUT_CONFIG_KEY] = layout.to_json()
+
+    # Act
+    reply = client_app(_message(content), _context(tmp_path, data))
+
+    # Assert
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    arrays = reply.content["arrays"].to_torch_state_dict()
+    assert list(arrays) == [PACKED_ARRAY_KEY] and tuple(arrays[PACKED_ARRAY_KEY].shape) == (layout.numel,)
+    assert PackLayout.from_json(layout.to_json()).names == tuple(shapes)
+    assert layout.shapes == tuple(shapes.values())
+    assert not bool((arrays[PACKED_ARRAY_KEY] == flat).all()), "the weights were not trained"
+    strings = [k for rec in reply.content.values() if not isinstance(rec, ArrayRecord) for k in _strings(rec)]
+    _assert_no_cell_in(strings + list(reply.content.keys()), _cells(df))

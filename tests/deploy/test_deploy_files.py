@@ -65,6 +65,9 @@ def _mount_fedsynth_subcommands() -> None:
 def _program_and_flags(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
     """The help command for ``argv`` (program + subcommands) and the ``--flags`` it uses."""
     prog = Path(argv[0]).name
+    if prog == "fedsynth" and argv[1:2] == ["site-agent"]:
+        # every option of `fedsynth site-agent` is a flower-supernode option (it adds --isolation itself)
+        return ("flower-supernode",), [a.split("=")[0] for a in argv if a.startswith("--")]
     if prog in ("flwr", "fedsynth"):
         words = [prog]
         for a in argv[1:]:
@@ -187,6 +190,16 @@ def test_dockerfile_copies_files_that_exist_and_runs_as_non_root(dockerfile: Pat
     _assert_flags_exist([*entry, *cmd])
 
 
+def test_site_agent_image_runs_the_warm_site_agent() -> None:
+    import json
+
+    ins = _instructions(DEPLOY / "docker" / "site-agent.Dockerfile")
+    entry = json.loads(next(rest for op, rest in ins if op == "ENTRYPOINT"))
+    cmd = json.loads(next(rest for op, rest in ins if op == "CMD"))
+    assert entry == ["fedsynth", "site-agent"]
+    assert "--isolation" not in cmd  # the agent sets --isolation process itself and refuses another value
+
+
 def test_the_three_images_exist() -> None:
     assert {p.name for p in DOCKERFILES} == {"superlink.Dockerfile", "site-agent.Dockerfile", "auditor.Dockerfile"}
 
@@ -216,9 +229,9 @@ def test_systemd_unit_is_hardened_and_uses_real_flags() -> None:
     assert unit["NoNewPrivileges"] == ["yes"] and unit["ProtectSystem"] == ["strict"]
     assert "/srv/fedsynth-site/data" in unit["ReadOnlyPaths"][0].split()
     argv = shlex.split(unit["ExecStart"][0])
-    assert Path(argv[0]).name == "flower-supernode"
+    assert Path(argv[0]).name == "fedsynth" and argv[1] == "site-agent"
     _assert_flags_exist(argv)
-    assert "--insecure" not in argv
+    assert "--insecure" not in argv and "--isolation" not in argv
 
 
 def test_systemd_unit_verifies() -> None:

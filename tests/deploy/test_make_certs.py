@@ -129,7 +129,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.integration
 @needs_openssl
 def test_runbook_superlink_tls_auth_register_and_connect(tmp_path: Path) -> None:
-    """README sections 1-4 on loopback: TLS SuperLink with node auth, register a key, the SuperNode comes online."""
+    """README sections 1-4 on loopback: TLS SuperLink with node auth, register a key, the site agent comes online."""
     certs = tmp_path / "certs"
     assert _run(certs, "-H", "127.0.0.1", "site-a").returncode == 0
     port = _free_port()
@@ -164,8 +164,8 @@ def test_runbook_superlink_tls_auth_register_and_connect(tmp_path: Path) -> None
             assert link.poll() is None, f"flower-superlink exited:\n{link_log.read_text()}"
             assert time.monotonic() < deadline, res.stdout + res.stderr
             time.sleep(1)
-        node = subprocess.Popen(
-            ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates",
+        node = subprocess.Popen(  # the runbook's site agent: flower-supernode + warm ClientApp executor
+            ["fedsynth", "site-agent", "--superlink", f"127.0.0.1:{port}", "--root-certificates",
              str(certs / "sites" / "site-a" / "ca.crt"), "--auth-supernode-private-key",
              str(certs / "sites" / "site-a" / "auth-key"), "--port", str(_free_port()),
              "--node-config", 'site-id="site-a"'],
@@ -178,7 +178,7 @@ def test_runbook_superlink_tls_auth_register_and_connect(tmp_path: Path) -> None
                                  env=cli_env, capture_output=True, text=True, timeout=60)
             if res.returncode == 0 and "online" in res.stdout:
                 break
-            assert node.poll() is None, f"flower-supernode exited with {node.returncode}:\n{node_log.read_text()}"
+            assert node.poll() is None, f"fedsynth site-agent exited with {node.returncode}:\n{node_log.read_text()}"
             assert time.monotonic() < deadline, res.stdout + res.stderr
             time.sleep(1)
         nodes = json.loads(res.stdout)

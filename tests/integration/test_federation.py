@@ -164,3 +164,75 @@ def test_killed_serverapp_resumes_from_checkpoint_without_double_counting(tmp_pa
         assert state["sites"][site.site_id]["rounds"] == rounds
         assert state["sites"][site.site_id]["epsilon"] == pytest.approx(ledger["spent_epsilon"], rel=1e-6)
         assert math.isfinite(state["sites"][site.site_id]["loss"])
+
+
+PROBE_CLIENT = '''"""Test-only ClientApp: the real one, reporting its process and what was imported before it loaded."""
+import os
+import sys
+
+PRELOADED = {m: m in sys.modules for m in ("torch", "opacus", "fedsynth.client.site")}
+
+from flwr.clientapp import ClientApp  # noqa: E402
+from fedsynth.client.app import train as real_train  # noqa: E402
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg, context):
+    print(f"[probe] pid={os.getpid()} ppid={os.getppid()} preloaded={all(PRELOADED.values())}", flush=True)
+    return real_train(msg, context)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_site_agents_fork_every_clientapp_from_one_warm_executor_and_close_stops_them(
+        tmp_path, federation_data) -> None:
+    # Arrange
+    schema_path, sites = federation_data(2)
+    out = tmp_path / "server"
+    config = {**TINY_RUN_CONFIG, "num-server-rounds": 2, "output-dir": str(out), "schema-path": str(schema_path)}
+    with Federation(tmp_path / "run", tls=True, node_auth=True, echo=None) as fed:
+        fed.start(sites)  # returns once both executors have done their imports
+        agent = fed.supernodes["site-a"]
+        log_text = agent.log.read_text()
+        executor_pid = int(log_text.split("clientapp executor pid ")[1].split()[0])
+        assert "--isolation process" in log_text and "fedsynth clientapp-executor: preloaded" in log_text
+        # Act
+        run_id = fed.submit(run_config=config, components={"clientapp": "probe_client:app"},
+                            extra_files={"probe_client.py": PROBE_CLIENT})
+        status = fed.wait(run_id, timeout=600)
+        group = _group_pids(agent.popen.pid)
+    # Assert: both rounds ran in fresh processes forked from the same executor, imports already done
+    assert status == "finished:completed"
+    probes = [line for line in agent.log.read_text().splitlines() if line.startswith("[probe]")]
+    assert len(probes) == 2, probes
+    fields = [dict(kv.split("=") for kv in line.split()[1:]) for line in probes]
+    assert {f["ppid"] for f in fields} == {str(executor_pid)}
+    assert fields[0]["pid"] != fields[1]["pid"] and str(executor_pid) not in {f["pid"] for f in fields}
+    assert all(f["preloaded"] == "True" for f in fields)
+    # ... and closing the federation stopped the agent, its SuperNode and its executor
+    assert executor_pid in group and len(group) >= 3
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in group if _alive(p)]

@@ -1,0 +1,135 @@
+"""The warm ClientApp executor: forked children run Flower's ClientApp main with the parent's imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flwr.supercore.constant import TaskType
+from flwr.supercore.exit import exit_handler
+from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
+
+from fedsynth.cli import executor as executor_module
+from fedsynth.cli.executor import ForkExecutor, preload
+
+
+def _spec(task_type: TaskType = TaskType.CLIENT_APP, task_id: int = 7) -> ExecutionSpec:
+    return ExecutionSpec(task_type=task_type, runtime_api_address="127.0.0.1:1", token="ab" * 32, insecure=True,
+                         root_certificates_path=None, runtime_dependency_install=False, parent_pid=os.getpid(),
+                         suppress_output=False, task_id=task_id)
+
+
+def _wait_reaped(executor: ForkExecutor, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while executor.children and time.monotonic() < deadline:
+        executor.reconcile()
+        time.sleep(0.05)
+    assert not executor.children, "the forked child did not finish"
+
+
+def test_child_runs_flower_clientapp_main_with_the_parents_imports_and_not_its_exit_handlers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: stand-in for flwr-clientapp's main that reports what the child saw, then exits like flwr_exit
+    import flwr.supernode.runtime.run_clientapp as flower_main
+
+    report = tmp_path / "child.json"
+    parent_marker = tmp_path / "parent-exit-handler-ran"
+
+    def fake_run_clientapp(**kwargs: object) -> None:
+        report.write_text(json.dumps({
+            "pid": os.getpid(), "ppid": os.getppid(), "kwargs": {k: str(v) for k, v in kwargs.items()},
+            "torch_preloaded": "torch" in sys.modules, "exit_handlers": len(exit_handler.registered_exit_handlers),
+        }))
+        exit_handler.trigger_exit_handlers(run_before_force_exit=False)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(flower_main, "run_clientapp", fake_run_clientapp)
+    exit_handler.add_exit_handler(lambda: parent_marker.write_text("x"))
+    preload(["torch"])
+    executor = ForkExecutor()
+    try:
+        # Act
+        result = executor.launch(_spec())
+        _wait_reaped(executor)
+    finally:
+        exit_handler.registered_exit_handlers.pop()
+    # Assert
+    seen = json.loads(report.read_text())
+    assert result.status == LaunchResultStatus.ACCEPTED
+    assert seen["pid"] != os.getpid() and seen["ppid"] == os.getpid()
+    assert seen["torch_preloaded"] is True
+    assert seen["kwargs"]["token"] == "ab" * 32 and seen["kwargs"]["runtime_api_address"] == "127.0.0.1:1"
+    assert seen["kwargs"]["parent_pid"] == str(os.getpid())
+    assert seen["exit_handlers"] == 0 and not parent_marker.exists()
+    assert executor.exit_codes[7] == 3
+
+
+def test_a_crashing_child_never_returns_into_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supernode.runtime.run_clientapp as flower_main
+
+    def boom(**kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(flower_main, "run_clientapp", boom)
+    executor = ForkExecutor()
+
+    executor.launch(_spec(task_id=8))
+    _wait_reaped(executor)
+
+    assert executor.exit_codes[8] == 1
+
+
+def test_only_clientapp_tasks_are_launched() -> None:
+    result = ForkExecutor().launch(_spec(TaskType.SERVER_APP))
+
+    assert result.status == LaunchResultStatus.FAILED
+
+
+def test_preload_imports_modules_and_drops_root_log_handlers_they_add(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: a module that, like Opacus, calls logging.basicConfig at import
+    import logging
+
+    (tmp_path / "adds_root_handler.py").write_text("import logging\nlogging.basicConfig()\nVALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    # Act
+    took = preload(["adds_root_handler"])
+    # Assert
+    assert "adds_root_handler" in sys.modules and set(took) == {"adds_root_handler"}
+    assert logging.getLogger().handlers == []
+
+
+def test_the_executor_refuses_ambiguous_runtime_tls() -> None:
+    with pytest.raises(SystemExit, match="exactly one"):
+        executor_module.main(["--runtime-api-address", "127.0.0.1:1"])
+
+
+def test_preload_starts_no_python_thread_so_forking_stays_safe() -> None:
+    import threading
+
+    preload()
+
+    assert threading.active_count() == 1
+
+
+def test_forked_clientapps_retry_their_message_pull_sooner(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange
+    import functools
+
+    import flwr.supernode.runtime.run_clientapp as flower_main
+    from flwr.supercore.inflatable import inflatable_utils
+
+    original = inflatable_utils.pull_and_inflate_object_from_tree
+    monkeypatch.setattr(flower_main, "pull_and_inflate_object_from_tree", original)
+    # Act
+    executor_module._shorten_message_pull_backoff(0.05)
+    executor_module._shorten_message_pull_backoff(0.02)  # idempotent: the last pause wins
+    # Assert
+    patched = flower_main.pull_and_inflate_object_from_tree
+    assert isinstance(patched, functools.partial) and patched.func is original
+    assert patched.keywords == {"initial_backoff": 0.02}

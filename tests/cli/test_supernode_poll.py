@@ -1,0 +1,50 @@
+"""The SuperNode wrapper shortens exactly Flower's two fixed pauses; a canary catches a changed flwr."""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import pytest
+
+from fedsynth.cli import supernode
+
+
+def test_poll_clock_replaces_flowers_pauses_and_passes_others_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    clock = supernode.PollClock(idle=0.4, reply=0.05)
+    # Act
+    for seconds in (3, 0.5, 0.2, 7):
+        clock.sleep(seconds)
+    # Assert
+    assert slept == [0.4, 0.05, 0.2, 7]
+    assert clock.monotonic is time.monotonic
+
+
+def test_install_patches_the_supernode_loop_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supernode import start_client_internal as loop
+
+    monkeypatch.setattr(loop, "time", time)
+    monkeypatch.setenv(supernode.IDLE_POLL_ENV, "0.25")
+    monkeypatch.delenv(supernode.REPLY_POLL_ENV, raising=False)
+
+    clock = supernode.install()
+
+    assert loop.time is clock and (clock.idle, clock.reply) == (0.25, supernode.DEFAULT_REPLY_POLL)
+
+
+def test_flower_supernode_loop_still_has_the_pauses_the_wrapper_replaces() -> None:
+    # a canary: if a flwr upgrade changes these, the wrapper silently stops helping (or must be dropped)
+    from flwr.supernode import start_client_internal as loop
+
+    source = inspect.getsource(loop)
+    assert f"time.sleep({int(supernode.FLOWER_IDLE_POLL)})" in source
+    assert f"time.sleep({supernode.FLOWER_REPLY_POLL})" in source
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 61.0])
+def test_poll_intervals_must_be_positive_and_bounded(bad: float) -> None:
+    with pytest.raises(ValueError):
+        supernode.PollClock(idle=bad, reply=0.1)
