@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsynth.client.app import app as client_app
 from fedsynth.common.packing import LAYOUT_CONFIG_KEY, PACKED_ARRAY_KEY, PackLayout
@@ -35,14 +33,6 @@ RUN_CONFIG = {
     "unet-dim-mults": "1,2", "diffusion-steps": 10, "noise-multiplier": 1.0, "min-train-nodes": 2,
     "min-available-nodes": 2, "public-pretrain-steps": 0, "round-timeout": 60.0,
 }
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    old = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = old
 
 
 class _SlowGrid:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsynth.server.strategy import (
     REQUIRED_METRICS,
@@ -14,14 +13,6 @@ from fedsynth.server.strategy import (
     make_strategy,
     screen_reply,
 )
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    old = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = old
 
 
 def _ar(arrays: dict[str, np.ndarray]) -> ArrayRecord:
