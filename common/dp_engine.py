@@ -54,7 +54,7 @@ def _row_weights(c: Tensor, k: int) -> Tensor:
     return c.repeat_interleave(k) / k if k > 1 else c
 
 
-def _linear(layer: nn.Linear, a: Tensor, z: Tensor, g: Tensor, k: int) -> _Contribution:
+def _linear(layer: nn.Linear, a: Tensor, z: Tensor, g: Tensor, k: int, cache: dict[str, Tensor]) -> _Contribution:
     a2 = a.reshape(a.shape[0], -1, a.shape[-1])  # (B, T, in)
     g2 = g.reshape(g.shape[0], -1, g.shape[-1])  # (B, T, out)
     rows, span = a2.shape[0] // k, k * a2.shape[1]
@@ -90,7 +90,9 @@ def _conv1d_pads(layer: nn.Conv1d) -> tuple[int, int]:
     return layer.padding[0], layer.padding[0]
 
 
-def _conv1d(layer: nn.Conv1d, a: Tensor, z: Tensor, g: Tensor, k: int) -> _Contribution:
+def _conv1d(
+    layer: nn.Conv1d, a: Tensor, z: Tensor, g: Tensor, k: int, cache: dict[str, Tensor]
+) -> _Contribution:
     if layer.groups != 1:
         raise ConfigError("book-keeping clipping supports Conv1d with groups=1 only; use grad-sample-mode hooks")
     left, right = _conv1d_pads(layer)
@@ -103,15 +105,19 @@ def _conv1d(layer: nn.Conv1d, a: Tensor, z: Tensor, g: Tensor, k: int) -> _Contr
     # Per-row gradients as ONE batched product g_n @ U_n, with U_n the row's im2col matrix (T x k*C_in, taps
     # outer) plus a column of ones for the bias: batched BLAS pays per matrix, so one wide product is much
     # cheaper than one per tap. U is gathered from the channels-last padded input through a strided view.
+    # The buffers live across steps (per layer, grown for the largest Poisson batch seen): fresh multi-MB
+    # temporaries each step would be page-faulted in again, and the padding and the ones column stay as written.
     cols = ks * c_in if want_w else 0
-    u = a.new_empty(n, t_out, cols + (1 if want_b else 0))
+    ones = (lambda buf: buf[:, :, cols].fill_(1.0)) if want_b else None
+    u = _buffer(cache, "u", (n, t_out, cols + (1 if want_b else 0)), a, ones)
     if want_w:
-        xt = (F.pad(a, (left, right)) if (left or right) else a).transpose(1, 2).contiguous()  # (n, Lp, C_in)
+        length = a.shape[2]
+        xt = _buffer(cache, "xt", (n, left + length + right, c_in), a)  # zero-padded, channels last
+        xt[:, left : left + length].copy_(a.transpose(1, 2))
         win = xt.as_strided((n, t_out, ks, c_in), (xt.stride(0), s * c_in, d * c_in, 1))  # [n, t, j, i]
         u[:, :, :cols].view(n, t_out, ks, c_in).copy_(win)
-    if want_b:
-        u[:, :, cols].fill_(1.0)
-    gs = torch.bmm(g, u)  # (n, C_out, k*C_in [+ 1])
+    gs = _buffer(cache, "gs", (n, g.shape[1], u.shape[2]), a)
+    torch.bmm(g, u, out=gs)  # (n, C_out, k*C_in [+ 1])
     if k > 1:
         gs = _rows(gs, k).mean(1)
     c_out = g.shape[1]
@@ -128,12 +134,30 @@ def _conv1d(layer: nn.Conv1d, a: Tensor, z: Tensor, g: Tensor, k: int) -> _Contr
     return _sq(gs), clipped
 
 
+def _buffer(
+    cache: dict[str, Tensor], key: str, shape: tuple[int, ...], like: Tensor,
+    init: Callable[[Tensor], object] | None = None,
+) -> Tensor:
+    """A scratch tensor of ``shape`` whose first dimension may vary from call to call: the first ``shape[0]``
+    rows (contiguous) of a cached buffer, zeroed and passed to ``init`` whole when it is (re)allocated."""
+    buf = cache.get(key)
+    if (buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:] or buf.dtype != like.dtype
+            or buf.device != like.device):
+        buf = like.new_zeros((shape[0] + shape[0] // 8 + 1, *shape[1:]))  # headroom for Poisson batch sizes
+        if init is not None:
+            init(buf)
+        cache[key] = buf
+    return buf[: shape[0]]
+
+
 def _sq(t: Tensor) -> Tensor:
     """Squared L2 norm of each row of ``t`` (all but the first dimension)."""
     return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).square()
 
 
-def _group_norm(layer: nn.GroupNorm, a: Tensor, z: Tensor, g: Tensor, k: int) -> _Contribution:
+def _group_norm(
+    layer: nn.GroupNorm, a: Tensor, z: Tensor, g: Tensor, k: int, cache: dict[str, Tensor]
+) -> _Contribution:
     want_w = layer.weight is not None and layer.weight.requires_grad
     want_b = layer.bias is not None and layer.bias.requires_grad
     g3 = g.reshape(g.shape[0], g.shape[1], -1)
@@ -184,7 +208,7 @@ def _as_tensor(v: Tensor | float, like: Tensor) -> Tensor:
     return v if isinstance(v, Tensor) else like.new_full((like.shape[0],), float(v))
 
 
-_RULES: dict[type[nn.Module], Callable[[Any, Tensor, Tensor, Tensor, int], _Contribution]] = {
+_RULES: dict[type[nn.Module], Callable[[Any, Tensor, Tensor, Tensor, int, dict[str, Tensor]], _Contribution]] = {
     nn.Linear: _linear,
     nn.Conv1d: _conv1d,
     nn.GroupNorm: _group_norm,
@@ -227,6 +251,7 @@ class BookkeepingClipper:
                 )
             self._layers.append(m)
         self._records: list[tuple[nn.Module, Tensor, Tensor]] = []
+        self._buffers: dict[int, dict[str, Tensor]] = {}  # per-layer scratch tensors reused across steps
         self._capturing = False
         self._handles = [m.register_forward_hook(self._hook) for m in self._layers]
 
@@ -278,7 +303,8 @@ class BookkeepingClipper:
         for (module, a, z), g in zip(records, grads, strict=True):
             if g is None:
                 g = torch.zeros_like(z)
-            contrib_sq, clipped = _RULES[type(module)](module, a, z.detach(), g.detach(), k)
+            rule = _RULES[type(module)]
+            contrib_sq, clipped = rule(module, a, z.detach(), g.detach(), k, self._buffers.setdefault(id(module), {}))
             sqs.append(contrib_sq)
             parts.append(clipped)
         norms = torch.stack(sqs).sum(0).clamp(min=0).sqrt()

@@ -132,6 +132,28 @@ def test_unet_matches_per_row_reference(float64: None, k: int) -> None:
     _assert_close(got, want)
 
 
+def test_one_clipper_over_batches_of_changing_size_matches_the_reference(float64: None) -> None:
+    # Arrange: the engine reuses per-layer scratch buffers between steps; Poisson batches change size
+    torch.manual_seed(5)
+    model = _ConvZoo()
+    clipper = BookkeepingClipper(model, max_grad_norm=0.05)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    for n in (6, 7, 11, 3, 11, 14):  # 7 fits the buffer allocated for 6: rows never written before
+        x, y = torch.randn(n, 5), torch.randn(n, 5)
+
+        # Act
+        with clipper.capture():
+            loss = _per_row_loss(model, x, y, None)
+        clipper.backward(loss)
+        got = [p.grad.clone() for p in params]
+        model.zero_grad(set_to_none=True)
+        want, _ = _reference(model, x, y, None, 0.05, 1)
+
+        # Assert
+        _assert_close(got, want)
+
+
 def test_group_norm_with_a_tiny_scale_recomputes_the_normalised_input(float64: None) -> None:
     # Arrange: |gamma| below the threshold for inverting the layer's output
     torch.manual_seed(2)
