@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from fedsynth.common.errors import ConfigError
 
-__all__ = ["BookkeepingClipper", "ClippedSumDPOptimizer", "SUPPORTED_LAYERS"]
+__all__ = ["BookkeepingClipper", "ClippedSumDPOptimizer", "SUPPORTED_LAYERS", "conv1d_pads"]
 
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.GroupNorm)
 
@@ -82,7 +82,8 @@ def _linear(layer: nn.Linear, a: Tensor, z: Tensor, g: Tensor, k: int, cache: di
     return _as_tensor(total, a), clipped
 
 
-def _conv1d_pads(layer: nn.Conv1d) -> tuple[int, int]:
+def conv1d_pads(layer: nn.Conv1d) -> tuple[int, int]:
+    """Zeros a ``Conv1d`` adds on the left and right of its input (``padding`` as ints, ``"same"`` or ``"valid"``)."""
     k, d = layer.kernel_size[0], layer.dilation[0]
     if isinstance(layer.padding, str):
         total = 0 if layer.padding == "valid" else d * (k - 1)
@@ -95,7 +96,7 @@ def _conv1d(
 ) -> _Contribution:
     if layer.groups != 1:
         raise ConfigError("book-keeping clipping supports Conv1d with groups=1 only; use grad-sample-mode hooks")
-    left, right = _conv1d_pads(layer)
+    left, right = conv1d_pads(layer)
     if layer.padding_mode != "zeros" and (left or right):
         raise ConfigError(f"book-keeping clipping supports zero-padded Conv1d only, got {layer.padding_mode!r}")
     want_w = layer.weight.requires_grad
@@ -193,15 +194,6 @@ def _group_norm(
 
 
 _GN_INVERT_MIN = 0.05  # smallest |gamma| for which GroupNorm's output is inverted rather than recomputed
-
-
-def _weighted(grads: list[tuple[nn.Parameter, Tensor]]) -> Callable[[Tensor], list[tuple[nn.Parameter, Tensor]]]:
-    """Clipped sums ``sum_r c_r grad_r`` of materialised per-row gradients."""
-
-    def clipped(c: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
-        return [(p, (c @ gs.reshape(gs.shape[0], -1)).view_as(p)) for p, gs in grads]
-
-    return clipped
 
 
 def _as_tensor(v: Tensor | float, like: Tensor) -> Tensor:

@@ -27,17 +27,9 @@ from opacus.grad_sample import register_norm_sampler
 from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
 from torch import Tensor, nn
 
+from fedsynth.common.dp_engine import conv1d_pads
+
 __all__ = ["conv1d_norm_sample", "group_norm_norm_sample"]
-
-
-def _pads(layer: nn.Conv1d) -> tuple[int, int]:
-    k, d = layer.kernel_size[0], layer.dilation[0]
-    if layer.padding == "same":
-        total = d * (k - 1)
-        return total // 2, total - total // 2
-    if layer.padding == "valid":
-        return 0, 0
-    return layer.padding[0], layer.padding[0]
 
 
 def _input_gram(layer: nn.Conv1d, x: Tensor, t: int) -> Tensor:
@@ -48,7 +40,7 @@ def _input_gram(layer: nn.Conv1d, x: Tensor, t: int) -> Tensor:
     input's Gram matrix ``x^T x`` padded with zeros.
     """
     k, s, d = layer.kernel_size[0], layer.stride[0], layer.dilation[0]
-    left, right = _pads(layer)
+    left, right = conv1d_pads(layer)
     p = torch.bmm(x.transpose(1, 2), x)  # (n, L, L)
     if left or right:
         p = F.pad(p, (left, right, left, right))  # (n, Lp, Lp)
@@ -65,7 +57,7 @@ def _input_gram(layer: nn.Conv1d, x: Tensor, t: int) -> Tensor:
 def _unfold1d(layer: nn.Conv1d, x: Tensor) -> Tensor:
     """Unfold ``x`` of shape `(n, C_in, L)` to `(n, C_in * k, T)` exactly like Opacus' conv grad sampler."""
     k, s, d = layer.kernel_size[0], layer.stride[0], layer.dilation[0]
-    left, right = _pads(layer)
+    left, right = conv1d_pads(layer)
     if k == 1 and s == 1 and left == right == 0:
         return x
     x = F.pad(x, (left, right))

@@ -350,6 +350,7 @@ def train_dp(
     optimizer = torch.optim.Adam(work.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(x), batch_size=bs, generator=gen)
     noise_gen = torch.Generator().manual_seed(seed + 1) if (seed is not None and not secure_mode) else None
+    q = 1.0 / len(loader)  # Opacus' Poisson sampling rate for this loader, as make_private derives it
     clipper: BookkeepingClipper | None = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -361,7 +362,6 @@ def train_dp(
             # Opacus' noise, scaling and accounting around our single-backward clipper (dp_engine.py), set up
             # the way make_private sets up ghost mode: same sample rate, expected batch size and generators
             clipper = BookkeepingClipper(work, max_grad_norm=max_grad_norm, multiplicity=multiplicity)
-            q = 1.0 / len(loader)
             dp_model, dp_criterion = work, None
             dp_opt = ClippedSumDPOptimizer(
                 optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
@@ -421,15 +421,13 @@ def train_dp(
                 losses.append(float("nan"))
             if len(losses) >= steps:
                 break
-    sample_rate = 1.0 / len(loader)
     state = engine.accountant.state_dict()
     if accountant == "rdp":  # same number, cached per (sigma, q)
         eps = _rdp_epsilon(_merged_history(state["history"]), delta)
     else:
         eps = float(engine.accountant.get_epsilon(delta=delta))
     finite = [v for v in losses if math.isfinite(v)]
-    trained = work
-    weights = _cpu_state(trained) if ema is None else ema.state_dict(trained)
+    weights = _cpu_state(work) if ema is None else ema.state_dict(work)
     if clipper is not None:
         clipper.remove()
     if hasattr(dp_model, "remove_hooks"):
@@ -442,7 +440,7 @@ def train_dp(
         epsilon=eps,
         delta=delta,
         noise_multiplier=noise_multiplier,
-        sample_rate=sample_rate,
+        sample_rate=q,
         accountant_state={"history": [list(h) for h in state["history"]], "mechanism": state["mechanism"]},
         losses=tuple(losses),
     )

@@ -35,7 +35,7 @@ from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.io import atomic_write_json
 from fedsynth.common.model import TabularUNet1D
-from fedsynth.common.packing import LAYOUT_CONFIG_KEY, PACKED_ARRAY_KEY, PackLayout, pack_state_dict, unpack_state_dict
+from fedsynth.common.packing import LAYOUT_CONFIG_KEY, PACKED_ARRAY_KEY, pack_state_dict, unpack_state_dict
 from fedsynth.common.prior import pretrain_public
 from fedsynth.common.schema import Schema
 from fedsynth.server.checkpoint import Checkpoint, load_checkpoint, new_run_key, save_checkpoint
@@ -169,8 +169,8 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
         print(f"[fedsynth] run already finished; artifact {done['artifact']}", flush=True)
         return Path(done["artifact"])
 
-    layout = PackLayout.of(ckpt.state_dict)
-    arrays = ArrayRecord({PACKED_ARRAY_KEY: pack_state_dict(ckpt.state_dict)[0]})
+    flat, layout = pack_state_dict(ckpt.state_dict)
+    arrays = ArrayRecord({PACKED_ARRAY_KEY: flat})
     rounds, sites = list(ckpt.rounds), dict(ckpt.sites)
     train_config = {"run-key": ckpt.run_key, "schema-json": json.dumps(schema.to_dict()),
                     LAYOUT_CONFIG_KEY: layout.to_json()}
