@@ -8,11 +8,11 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -116,19 +116,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.mark.integration
 @needs_openssl
-def test_runbook_superlink_tls_auth_register_and_connect(tmp_path: Path) -> None:
+def test_runbook_superlink_tls_auth_register_and_connect(
+    tmp_path: Path, stop_process_group: Callable[[subprocess.Popen[bytes]], None]
+) -> None:
     """README sections 1-4 on loopback: TLS SuperLink with node auth, register a key, the site agent comes online."""
     certs = tmp_path / "certs"
     assert _run(certs, "-H", "127.0.0.1", "site-a").returncode == 0
@@ -185,5 +177,5 @@ def test_runbook_superlink_tls_auth_register_and_connect(tmp_path: Path) -> None
         assert "online" in json.dumps(nodes)
     finally:
         if node is not None:
-            _stop(node)
-        _stop(link)
+            stop_process_group(node)
+        stop_process_group(link)

@@ -6,13 +6,13 @@ import hashlib
 import io
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -224,7 +224,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-def test_fedsynth_serve_over_tls(artifacts: Path, tmp_path: Path) -> None:
+def test_fedsynth_serve_over_tls(
+    artifacts: Path, tmp_path: Path, stop_process_group: Callable[[subprocess.Popen[bytes]], None]
+) -> None:
     from fedsynth.cli.certs import generate_tls
 
     tls = generate_tls(tmp_path / "tls", hosts=("127.0.0.1", "localhost"))
@@ -261,12 +263,7 @@ def test_fedsynth_serve_over_tls(artifacts: Path, tmp_path: Path) -> None:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/healthz", verify=ssl.create_default_context(), timeout=5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 # the CLI's guard rails
