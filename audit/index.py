@@ -154,10 +154,16 @@ class TorchExactIndex:
         block: reference rows per block in the torch brute-force path (a quarter as many queries).
         seed: seed of the clustering (affects speed only, never results).
         use_faiss: screen with faiss (if installed) where pruning does not pay.
+        device: torch device of the float32 screening (``"cpu"``, ``"cuda"``). On a GPU every query is
+            screened against every row (no clustering: brute force is fast there) in full float32 (TF32
+            off, so the error bound holds); the float64 re-ranking runs on the CPU, so results are the
+            same on any device.
     """
 
     #: below this many reference rows, pruning does not pay: blocked brute force
     MIN_ROWS_TO_CLUSTER = 8192
+    #: queries and rows per tile of the GPU screening: a (tile x tile) float32 distance matrix, 1 GiB
+    DEVICE_BLOCK = 16384
 
     def __init__(
         self,
@@ -169,8 +175,12 @@ class TorchExactIndex:
         block: int = 4096,
         seed: int = 0,
         use_faiss: bool = True,
+        device: str = "cpu",
     ) -> None:
         self.dim = dim
+        self.device = device
+        #: screen by blocked brute force on ``device`` (a GPU); tests set it to run that path on the CPU
+        self._brute_on_device = _device_type(device) != "cpu"
         self.threads = threads
         self.extra = extra
         self.n_clusters = n_clusters
@@ -181,6 +191,7 @@ class TorchExactIndex:
         self._state: _ClusterState | None = None
         self._data: np.ndarray | None = None
         self._faiss: tuple[Any, Any, float] | None = None
+        self._on_device: tuple[Any, Any, Any, Any] | None = None
 
     @property
     def ntotal(self) -> int:
@@ -191,6 +202,7 @@ class TorchExactIndex:
         self._state = None
         self._data = None
         self._faiss = None
+        self._on_device = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -218,6 +230,15 @@ class TorchExactIndex:
         out_d = np.empty((m, k))
         out_i = np.empty((m, k), dtype=np.int64)
         if m == 0:
+            return out_d, out_i
+        if self._brute_on_device:
+            q_t = torch.from_numpy(queries)
+            for s in range(0, m, 65536):
+                qc = q_t[s : s + 65536]
+                cand_v, cand_i, tol = self._brute_device(qc, kk)
+                out_d[s : s + len(qc)], out_i[s : s + len(qc)] = self._refine(
+                    queries[s : s + len(qc)], cand_v, cand_i, tol, k
+                )
             return out_d, out_i
         state = self._cluster_state()
         q_t = torch.from_numpy(queries)
@@ -281,6 +302,41 @@ class TorchExactIndex:
                 )
         tol = _gamma(self.dim) * (qn_all + rmax)
         return best_v, best_i, tol
+
+    def _brute_device(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
+        """:meth:`_brute` on ``self.device`` (a GPU) with large blocks; the reference is copied there once.
+        Returns the candidates and the error bound on the CPU, for :meth:`_refine`."""
+        import torch
+
+        dev = torch.device(self.device)
+        if self._on_device is None:
+            data = torch.from_numpy(self._reference()).to(dev)
+            mu = data.mean(0)
+            centred = data - mu
+            rn = (centred * centred).sum(1)
+            self._on_device = (centred, mu, rn, rn.max())
+        centred, mu, rn_all, rmax = self._on_device
+        q_all = qc.to(dev) - mu
+        qn_all = (q_all * q_all).sum(1)
+        best_v = torch.full((len(qc), kk), float("inf"), device=dev)
+        best_i = torch.full((len(qc), kk), -1, dtype=torch.long, device=dev)
+        block = self.DEVICE_BLOCK
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32's 10-bit mantissa would break the error bound
+        try:
+            for rs in range(0, len(centred), block):
+                r, rn = centred[rs : rs + block], rn_all[rs : rs + block]
+                for qs in range(0, len(qc), block):
+                    q, qn = q_all[qs : qs + block], qn_all[qs : qs + block]
+                    d2 = torch.addmm(rn.unsqueeze(0), q, r.T, alpha=-2.0).add_(qn.unsqueeze(1))
+                    v, j = torch.topk(d2, min(kk, d2.shape[1]), dim=1, largest=False, sorted=False)
+                    best_v[qs : qs + block], best_i[qs : qs + block] = _merge(
+                        best_v[qs : qs + block], best_i[qs : qs + block], v, j + rs, kk
+                    )
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        tol = _gamma(self.dim) * (qn_all + rmax)
+        return best_v.cpu(), best_i.cpu(), tol.cpu()
 
     def _brute_faiss(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
         """Blocked brute force screening by ``faiss.IndexFlatL2`` (its fused GEMM + selection kernel
@@ -605,7 +661,7 @@ def _check_k(k: int, ntotal: int) -> None:
 
 
 def make_index(
-    x: np.ndarray, *, backend: Backend = "auto", threads: int | None = None
+    x: np.ndarray, *, backend: Backend = "auto", threads: int | None = None, device: str = "cpu"
 ) -> NearestNeighborIndex:
     """Build an index over the rows of ``x``.
 
@@ -615,6 +671,7 @@ def make_index(
             ``"faiss"``), ``"torch"`` (:class:`TorchExactIndex`), ``"faiss"``
             (:class:`FaissFlatL2Index`) or ``"numpy"`` (exact reference implementation).
         threads: torch intra-op threads for the torch backend (``None``: torch's setting).
+        device: torch device of the torch backend's screening (``"cuda"`` for a GPU; the others ignore it).
 
     Returns:
         A populated :class:`NearestNeighborIndex`.
@@ -627,7 +684,7 @@ def make_index(
         backend = "torch" if _has_module("torch") else "faiss"
     index: NearestNeighborIndex
     if backend == "torch":
-        index = TorchExactIndex(arr.shape[1], threads=threads)
+        index = TorchExactIndex(arr.shape[1], threads=threads, device=device)
     elif backend == "faiss":
         index = FaissFlatL2Index(arr.shape[1])
     elif backend == "numpy":
@@ -636,6 +693,12 @@ def make_index(
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     index.add(arr)
     return index
+
+
+def _device_type(device: str) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 def _has_module(name: str) -> bool:

@@ -26,20 +26,22 @@ GOAL = ">= 0.7 of non-private"
 DP_MODES = ("dp bookkeeping", "dp ghost", "dp hooks")
 
 
-def _rate_np(model: TabularUNet1D, data: np.ndarray, cfg: RunConfig, steps: int, clock=time.process_time) -> float:
+def _rate_np(model: TabularUNet1D, data: np.ndarray, cfg: RunConfig, steps: int, clock=time.process_time,
+             device: str = "cpu") -> float:
     start = clock()
     r = train_nonprivate(model, data, scheduler_config=cfg.scheduler_config(), batch_size=cfg.batch_size,
-                         steps=steps, lr=cfg.lr, seed=0)
+                         steps=steps, lr=cfg.lr, seed=0, device=device)
     return r.steps * min(cfg.batch_size, len(data)) / (clock() - start)
 
 
 def _rate_dp(
-    model: TabularUNet1D, data: np.ndarray, cfg: RunConfig, steps: int, mode: str, clock=time.process_time
+    model: TabularUNet1D, data: np.ndarray, cfg: RunConfig, steps: int, mode: str, clock=time.process_time,
+    device: str = "cpu",
 ) -> float:
     start = clock()
     r = train_dp(model, data, scheduler_config=cfg.scheduler_config(), noise_multiplier=1.0,
                  max_grad_norm=cfg.max_grad_norm, batch_size=cfg.batch_size, steps=steps, lr=cfg.lr,
-                 delta=cfg.target_delta, seed=0, grad_sample_mode=mode)
+                 delta=cfg.target_delta, seed=0, grad_sample_mode=mode, device=device)
     # Poisson sampling: rows per step are random; count the expected batch (sample rate x table size)
     return r.steps * r.sample_rate * len(data) / (clock() - start)
 
@@ -56,26 +58,35 @@ def candidate_configs(n_features: int, quick: bool) -> dict[str, ModelConfig]:
     }
 
 
-def run(*, quick: bool, device: str) -> list[Figure]:
-    """Measure rows/s for non-private, hooks and ghost training per candidate config."""
+def run(*, quick: bool, device: str, batch_size: int | None = None, lean: bool = False) -> list[Figure]:
+    """Measure rows/s for non-private, hooks and ghost training per candidate config.
+
+    On the CPU each figure is this process's CPU time; on a GPU (``device="cuda"``) it is wall time (every
+    step ends in a device sync: the loss is read back), and the both-cores rows are skipped. ``batch_size``
+    overrides the run default (512), e.g. to show where a GPU stops being bound by per-step overheads.
+    ``lean`` times only the default denoiser, non-private against the default engine (book-keeping).
+    """
     data = rhc_encoded()
-    cfg = RunConfig()
+    cfg = RunConfig() if batch_size is None else replace(RunConfig(), batch_size=batch_size)
     steps, repeats = (2, 1) if quick else (cfg.local_steps, 3)
     if quick:
         data = data[:512]
+    gpu = device != "cpu"
+    clock = time.perf_counter if gpu else time.process_time
     note = (f"{len(data)} rows x {data.shape[1]} features, batch {cfg.batch_size}, {steps} steps x {repeats}, "
-            "CPU time")
+            + (f"wall time on {device}" if gpu else "CPU time"))
     out: list[Figure] = []
-    for label, mc in candidate_configs(data.shape[1], quick).items():
+    configs = candidate_configs(data.shape[1], quick or lean)
+    modes = DP_MODES[:1] if lean else DP_MODES
+    for label, mc in configs.items():
         torch.manual_seed(0)
         model = TabularUNet1D(mc)
         n_params = sum(p.numel() for p in model.parameters())
         rates = interleaved(
             {
-                "non-private": lambda m=model: _rate_np(m, data, cfg, steps),
-                "dp bookkeeping": lambda m=model: _rate_dp(m, data, cfg, steps, "bookkeeping"),
-                "dp ghost": lambda m=model: _rate_dp(m, data, cfg, steps, "ghost"),
-                "dp hooks": lambda m=model: _rate_dp(m, data, cfg, steps, "hooks"),
+                "non-private": lambda m=model: _rate_np(m, data, cfg, steps, clock, device),
+                **{name: lambda m=model, mode=name.split()[1]: _rate_dp(m, data, cfg, steps, mode, clock, device)
+                   for name in modes},
             },
             repeats=repeats,
             warmup=0 if quick else 1,
@@ -83,9 +94,10 @@ def run(*, quick: bool, device: str) -> list[Figure]:
         base = rates["non-private"]
         baseline = f"non-private [{label}]"
         out.append(Figure("train", baseline, base, "rows/s", note=f"{n_params:,} params; {note}"))
-        for name in DP_MODES:
+        for name in modes:
             out.append(Figure("train", f"{name} [{label}]", rates[name], "rows/s", rates[name] / base, baseline, GOAL))
-    out.extend(_threads(data, cfg, steps, repeats))
+    if not gpu and not lean:
+        out.extend(_threads(data, cfg, steps, repeats))
     return out
 
 

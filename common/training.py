@@ -290,6 +290,7 @@ def train_dp(
     secure_mode: bool = False,
     multiplicity: int = 1,
     ema_decay: float = 0.0,
+    device: torch.device | str = "cpu",
 ) -> TrainResult:
     """Train ``model`` for ``steps`` DP-SGD steps (Opacus, Poisson sampling) on encoded ``data``.
 
@@ -320,9 +321,12 @@ def train_dp(
             clipped gradient carries far less diffusion noise and DP training learns much faster.
         ema_decay: return an exponential moving average of the iterates (``0`` returns the last iterate).
             Averaging is post-processing, so it costs no privacy, and it damps the DP noise in the weights.
+        device: where the model trains (``"cpu"``, ``"cuda"``). Batch sampling and the diffusion draws stay on
+            the CPU generator, so a seeded run draws the same batches and timesteps on any device; the DP noise
+            comes from a generator on ``device``.
 
     Returns:
-        The trained weights, losses and the updated privacy accounting.
+        The trained weights (on the CPU), losses and the updated privacy accounting.
     """
     from opacus import PrivacyEngine
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -341,15 +345,16 @@ def train_dp(
     ModuleValidator.validate(model, strict=True)
     if grad_sample_mode == "ghost":  # registers ghost norm samplers for Conv1d and GroupNorm with Opacus
         import fedsynth.common.opacus_norms  # noqa: F401
-    x = torch.as_tensor(np.asarray(data, dtype=np.float32))
+    dev = torch.device(device)
+    x = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(dev)
     n = x.shape[0]
     bs = expected_batch_size(n, batch_size)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model).to(dev)
     work.train()
     optimizer = torch.optim.Adam(work.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(x), batch_size=bs, generator=gen)
-    noise_gen = torch.Generator().manual_seed(seed + 1) if (seed is not None and not secure_mode) else None
+    noise_gen = torch.Generator(device=dev).manual_seed(seed + 1) if (seed is not None and not secure_mode) else None
     q = 1.0 / len(loader)  # Opacus' Poisson sampling rate for this loader, as make_private derives it
     clipper: BookkeepingClipper | None = None
     with warnings.catch_warnings():
@@ -395,7 +400,7 @@ def train_dp(
     while len(losses) < steps:
         # Poisson batches as index lists (Opacus' sampler); rows are gathered in one indexing op, not per row
         for idx in batches:
-            xb = x[torch.as_tensor(idx, dtype=torch.long)]
+            xb = x[torch.as_tensor(idx, dtype=torch.long, device=dev)]
             dp_opt.zero_grad(set_to_none=True)
             if multiplicity > 1:
                 xb = xb.repeat_interleave(multiplicity, dim=0)
@@ -455,16 +460,19 @@ def train_nonprivate(
     steps: int,
     lr: float,
     seed: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> TrainResult:
     """Plain (non-private) training of ``model`` with shuffled mini-batches; used for baselines and shadow models.
 
-    The input model is not modified; its trained weights are returned.
+    The input model is not modified; its trained weights are returned (on the CPU). ``device`` is where the
+    model trains; shuffling and the diffusion draws use a CPU generator, as in :func:`train_dp`.
     """
-    x = torch.as_tensor(np.asarray(data, dtype=np.float32))
+    dev = torch.device(device)
+    x = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(dev)
     n = x.shape[0]
     bs = expected_batch_size(n, batch_size)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model).to(dev)
     work.train()
     optimizer = torch.optim.Adam(work.parameters(), lr=lr)
     scheduler = DDPMScheduler(scheduler_config)
@@ -473,7 +481,7 @@ def train_nonprivate(
         # shuffled epochs of full batches (the last, partial one dropped), gathered by one indexing op each
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n - bs + 1 if n > bs else 1, bs):
-            xb = x[perm[start : start + bs]]
+            xb = x[perm[start : start + bs].to(dev)]
             optimizer.zero_grad(set_to_none=True)
             loss = diffusion_loss(work, scheduler, xb, generator=gen).mean()
             loss.backward()

@@ -26,8 +26,11 @@ def exact(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np
     return ref.search(queries, k)
 
 
-def torch_index(data: np.ndarray, **kw: object) -> TorchExactIndex:
+def torch_index(data: np.ndarray, *, device_path: bool = False, **kw: object) -> TorchExactIndex:
     idx = TorchExactIndex(data.shape[1], **kw)  # type: ignore[arg-type]
+    if device_path:  # the GPU screening path (device="cuda"), run on the CPU with small tiles
+        idx._brute_on_device = True
+        idx.DEVICE_BLOCK = 97
     idx.add(data)
     return idx
 
@@ -46,6 +49,7 @@ PATHS = {
     "pruned": {"n_clusters": 12},
     "brute-torch": {"n_clusters": 0, "use_faiss": False, "block": 97},
     "brute-faiss": {"n_clusters": 0, "use_faiss": True},
+    "brute-device": {"device_path": True},
 }
 
 
