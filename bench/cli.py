@@ -29,7 +29,8 @@ def main_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, figures not meaningful")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda): sampling and training run there; the audit adds GPU DCR rows")
+    p.add_argument("--device", default="cpu",
+                   help="torch device (cpu, cuda): sampling and training run there; the audit adds GPU DCR rows")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: fastest on a shared 2-core box, see RESULTS.md)")
     p.add_argument("--sample-rows", type=int, default=None, help="rows to sample (default 8192; quick 512)")
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         main_parser().error("--device cuda asked for, but torch sees no GPU")
-    extra = {"train": {"batch_size": args.train_batch, "lean": args.train_lean}, "sample": {"rows": args.sample_rows}, "audit": {"rows": args.audit_rows},
+    extra = {"train": {"batch_size": args.train_batch, "lean": args.train_lean},
+             "sample": {"rows": args.sample_rows}, "audit": {"rows": args.audit_rows},
              "flower": {"local_steps": args.local_steps}}
     figures: list[Figure] = []
     print(f"# fedsynth bench: {' '.join(['python -m bench', *(argv if argv is not None else sys.argv[1:])])}")

@@ -46,6 +46,11 @@ def _rate_dp(
     return r.steps * r.sample_rate * len(data) / (clock() - start)
 
 
+def _dp_timer(model: TabularUNet1D, data: np.ndarray, cfg: RunConfig, steps: int, mode: str, clock,
+              device: str):
+    return lambda: _rate_dp(model, data, cfg, steps, mode, clock, device)
+
+
 def candidate_configs(n_features: int, quick: bool) -> dict[str, ModelConfig]:
     """The default denoiser and leaner alternatives (same topology, fewer per-sample-gradient entries)."""
     base = default_model_config(n_features)
@@ -85,8 +90,7 @@ def run(*, quick: bool, device: str, batch_size: int | None = None, lean: bool =
         rates = interleaved(
             {
                 "non-private": lambda m=model: _rate_np(m, data, cfg, steps, clock, device),
-                **{name: lambda m=model, mode=name.split()[1]: _rate_dp(m, data, cfg, steps, mode, clock, device)
-                   for name in modes},
+                **{name: _dp_timer(model, data, cfg, steps, name.split()[1], clock, device) for name in modes},
             },
             repeats=repeats,
             warmup=0 if quick else 1,

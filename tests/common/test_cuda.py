@@ -53,8 +53,8 @@ def test_train_dp_on_cuda_matches_cpu_without_noise(mode: str) -> None:
     # Arrange: same seed, so the same Poisson batches, timesteps and diffusion noise on both devices
     torch.manual_seed(0)
     model = TabularUNet1D(tiny_model_config(N_FEATURES))
-    kw = dict(scheduler_config=tiny_scheduler_config(), noise_multiplier=0.0, max_grad_norm=0.5, batch_size=32,
-              steps=5, lr=0.1, delta=1e-5, seed=3, grad_sample_mode=mode)
+    kw = {"scheduler_config": tiny_scheduler_config(), "noise_multiplier": 0.0, "max_grad_norm": 0.5, "batch_size": 32,
+              "steps": 5, "lr": 0.1, "delta": 1e-5, "seed": 3, "grad_sample_mode": mode}
     # Act
     cpu = train_dp(model, _data(256), **kw)  # type: ignore[arg-type]
     gpu = train_dp(model, _data(256), device="cuda", **kw)  # type: ignore[arg-type]
@@ -69,8 +69,8 @@ def test_train_dp_on_cuda_adds_noise_from_a_cuda_generator() -> None:
     # Arrange
     torch.manual_seed(0)
     model = TabularUNet1D(tiny_model_config(N_FEATURES))
-    kw = dict(scheduler_config=tiny_scheduler_config(), noise_multiplier=1.0, max_grad_norm=1.0, batch_size=32,
-              steps=3, lr=1e-2, delta=1e-5, grad_sample_mode="bookkeeping", device="cuda")
+    kw = {"scheduler_config": tiny_scheduler_config(), "noise_multiplier": 1.0, "max_grad_norm": 1.0, "batch_size": 32,
+              "steps": 3, "lr": 1e-2, "delta": 1e-5, "grad_sample_mode": "bookkeeping", "device": "cuda"}
     # Act
     a = train_dp(model, _data(256), seed=5, **kw)  # type: ignore[arg-type]
     b = train_dp(model, _data(256), seed=5, **kw)  # type: ignore[arg-type]
@@ -85,7 +85,7 @@ def test_train_nonprivate_on_cuda_matches_cpu() -> None:
     # BLAS kernels already part by the fourth), so only the first update is compared
     torch.manual_seed(0)
     model = TabularUNet1D(tiny_model_config(N_FEATURES))
-    kw = dict(scheduler_config=tiny_scheduler_config(), batch_size=32, steps=1, lr=1e-3, seed=1)
+    kw = {"scheduler_config": tiny_scheduler_config(), "batch_size": 32, "steps": 1, "lr": 1e-3, "seed": 1}
     cpu = train_nonprivate(model, _data(256), **kw)  # type: ignore[arg-type]
     gpu = train_nonprivate(model, _data(256), device="cuda", **kw)  # type: ignore[arg-type]
     assert _max_weight_diff(cpu.state_dict, gpu.state_dict) < 1e-4
@@ -95,7 +95,7 @@ def test_ddim_sampling_on_cuda_matches_cpu() -> None:
     torch.manual_seed(0)
     model = TabularUNet1D(tiny_model_config(N_FEATURES)).eval()
     sched = make_sampler(tiny_scheduler_config(), "ddim")
-    kw = dict(n_features=N_FEATURES, num_inference_steps=5, batch_size=64)
+    kw = {"n_features": N_FEATURES, "num_inference_steps": 5, "batch_size": 64}
     cpu = sample(model, sched, 100, generator=torch.Generator().manual_seed(0), **kw)  # type: ignore[arg-type]
     gpu = sample(model.cuda(), sched, 100, generator=torch.Generator().manual_seed(0), device="cuda",
                  **kw)  # type: ignore[arg-type]
