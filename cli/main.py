@@ -28,13 +28,14 @@ def sample(
     sampler: Annotated[str, typer.Option(help="ddim (few-step, fast) or ddpm (full chain).")] = "ddim",
     steps: Annotated[Optional[int], typer.Option(help="Reverse steps (default: 50 for DDIM, T for DDPM).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for reproducible rows.")] = None,
+    device: Annotated[str, typer.Option(help="Where the denoiser runs: cpu, or cuda for a GPU.")] = "cpu",
 ) -> None:
     """Write synthetic rows from a released (audited) generator."""
     from fedsynth.cli.sampling import sample_to_file
 
     if sampler not in ("ddim", "ddpm"):
         raise typer.BadParameter(f"must be 'ddim' or 'ddpm', got {sampler!r}", param_hint="--sampler")
-    sample_to_file(generator, n=n, output=output, sampler=sampler, steps=steps, seed=seed)
+    sample_to_file(generator, n=n, output=output, sampler=sampler, steps=steps, seed=seed, device=device)
 
 
 @app.command("infer-schema")

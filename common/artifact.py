@@ -15,6 +15,7 @@ A generator is *released* only when ``audit_status.json`` says the audit passed 
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import io
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 
 from fedsynth.common.encoding import TabularTransform
-from fedsynth.common.errors import ArtifactError, ReleaseBlocked
+from fedsynth.common.errors import ArtifactError, ConfigError, ReleaseBlocked
 from fedsynth.common.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from fedsynth.common.model import ModelConfig, TabularUNet1D
 from fedsynth.common.sampling import Sampler, make_sampler, sample
@@ -208,23 +209,41 @@ class Generator:
 
     def sample_encoded(
         self, n: int, *, sampler: Sampler = "ddim", steps: int | None = None, seed: int | None = None,
-        batch_size: int = 4096, progress: Callable[[int, int], None] | None = None,
+        batch_size: int = 4096, progress: Callable[[int, int], None] | None = None, device: str = "cpu",
     ) -> np.ndarray:
-        """Draw ``n`` encoded rows, shape ``(n, n_features)``."""
+        """Draw ``n`` encoded rows, shape ``(n, n_features)``.
+
+        ``device`` runs the denoiser there (``"cuda"``: a GPU); the noise still comes from a CPU generator, so a
+        seeded draw gives the same rows on any device, up to float rounding.
+
+        Raises:
+            ConfigError: ``device`` is not ``cpu`` or ``cuda[:N]``, or names a GPU that torch cannot see.
+        """
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(f"device must be 'cpu' or 'cuda' (a GPU), got {device!r}") from exc
+        if dev.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda' (a GPU), got {device!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        model = self.model if dev.type == "cpu" else copy.deepcopy(self.model).to(dev)
         x = sample(
-            self.model, make_sampler(self.scheduler_config, sampler), n, n_features=self.transform.n_features,
-            num_inference_steps=steps, batch_size=batch_size, generator=gen, progress=progress,
+            model, make_sampler(self.scheduler_config, sampler), n, n_features=self.transform.n_features,
+            num_inference_steps=steps, batch_size=batch_size, generator=gen, progress=progress, device=dev,
         )
-        return x.numpy()
+        return x.cpu().numpy()
 
     def sample(
         self, n: int, *, sampler: Sampler = "ddim", steps: int | None = None, seed: int | None = None,
-        batch_size: int = 4096, progress: Callable[[int, int], None] | None = None,
+        batch_size: int = 4096, progress: Callable[[int, int], None] | None = None, device: str = "cpu",
     ) -> pd.DataFrame:
-        """Draw ``n`` synthetic rows with the schema's columns, valid categories and values within bounds."""
+        """Draw ``n`` synthetic rows with the schema's columns, valid categories and values within bounds
+        (``device``: see :meth:`sample_encoded`)."""
         return self.transform.inverse_transform(
-            self.sample_encoded(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+            self.sample_encoded(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+                                device=device)
         )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fedsynth.cli.main import main
-from fedsynth.common.artifact import save_artifact, write_audit_status
+from fedsynth.common.artifact import load_generator, save_artifact, write_audit_status
 from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.model import ModelConfig, TabularUNet1D
 from fedsynth.common.scheduler import SchedulerConfig
@@ -75,6 +75,37 @@ def test_sample_writes_valid_rows_from_released_generator(artifact: Path, tmp_pa
     assert df["age"].between(0, 120).all() and (df["age"] % 1 == 0).all()
     assert df["lactate"].dropna().between(0, 20).all()
     assert set(df["sex"]) <= {"F", "M"} and set(df["unit"]) <= {"icu", "ward", "er"}
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        pytest.param("tpu", "device must be 'cpu' or 'cuda'", id="unknown-device"),
+        pytest.param("cuda", "torch sees no CUDA GPU", id="no-gpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    ],
+)
+def test_sample_on_an_unusable_device_says_why(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, message: str
+) -> None:
+    # Arrange
+    write_audit_status(artifact, passed=True, failed_checks=[])
+    out = tmp_path / "rows.csv"
+    # Act
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--generator", str(artifact), "-n", "5", "-o", str(out), "--device", device])
+    # Assert: a clear error, no output file
+    assert exc.value.code != 0
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_seeded_rows_on_the_gpu_equal_the_cpu_rows(artifact: Path) -> None:
+    gen = load_generator(artifact)
+    cpu = gen.sample_encoded(300, steps=5, seed=4)
+    gpu = gen.sample_encoded(300, steps=5, seed=4, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
 
 
 def test_validate_data_names_file_row_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
