@@ -8,7 +8,9 @@ spent twice.
 
 The weights travel packed into one vector (:mod:`fedsynth.common.packing`): Flower moves each array of a
 message as its own HTTP request, and the round loop polls for replies every few hundred milliseconds instead of
-``Grid.send_and_receive``'s fixed 3 s.
+``Grid.send_and_receive``'s fixed 3 s. A reply is listed by the SuperLink as soon as its SuperNode has announced
+it, before its objects are uploaded; a pull in that window made Flower's grid wait 1 s before trying again, so
+the ServerApp retries such objects after 0.05 s instead (:func:`shorten_reply_pull_backoff`).
 
 Server-only run-config keys (not part of :class:`~fedsynth.common.config.RunConfig`):
 ``output-dir`` (checkpoint, artifacts, ``result.json``) and ``schema-path`` (the declared schema JSON).
@@ -41,10 +43,13 @@ from fedsynth.common.schema import Schema
 from fedsynth.server.checkpoint import Checkpoint, load_checkpoint, new_run_key, save_checkpoint
 from fedsynth.server.strategy import RoundReport, ScreeningStrategy, make_strategy
 
-__all__ = ["app", "ServerSettings", "split_run_config", "RESULT_FILE"]
+__all__ = ["app", "ServerSettings", "split_run_config", "shorten_reply_pull_backoff", "RESULT_FILE"]
 
 RESULT_FILE = "result.json"
 SERVER_KEYS = ("output-dir", "schema-path")
+#: First and longest retry pause (s) of the ServerApp pulling a reply's objects (Flower: 1 s, doubling to 10 s).
+REPLY_PULL_INITIAL_BACKOFF = 0.05
+REPLY_PULL_BACKOFF_CAP = 0.2
 
 app = ServerApp()
 
@@ -117,6 +122,33 @@ def _update_sites(sites: dict[str, dict[str, Any]], report: RoundReport) -> dict
     return out
 
 
+def shorten_reply_pull_backoff(initial_backoff: float = REPLY_PULL_INITIAL_BACKOFF,
+                               backoff_cap: float = REPLY_PULL_BACKOFF_CAP) -> None:
+    """Make the ServerApp's grid retry a reply object that is not uploaded yet after ``initial_backoff`` s.
+
+    Flower's ``HttpGrid.pull_messages`` pulls each reply's objects with ``pull_objects`` and its defaults (first
+    retry after 1 s, doubling to 10 s, at most 500 tries per object); the same function with the shorter pauses
+    and no limit on the tries is put in its place (Flower's limit on the total time, 2 h, stays).
+
+    Raises:
+        RuntimeError: the installed flwr's grid no longer pulls objects with ``pull_objects``.
+    """
+    import functools
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
+
+    original = inflatable_utils.pull_objects
+    current = getattr(http_grid, "pull_objects", None)
+    if isinstance(current, functools.partial) and current.func is original:
+        current = original  # already shortened: replace it with the new pauses
+    if current is not original:
+        raise RuntimeError("flwr's HttpGrid no longer pulls reply objects with pull_objects")
+    http_grid.pull_objects = functools.partial(  # type: ignore[attr-defined]
+        original, initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, backoff_cap),
+        max_tries_per_object=None)
+
+
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float,
                      min_interval: float = 0.1, max_interval: float = 1.0) -> list[Message]:
     """Push ``messages`` and pull their replies until all are in or ``timeout`` seconds have passed.
@@ -175,13 +207,17 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
     train_config = {"run-key": ckpt.run_key, "schema-json": json.dumps(schema.to_dict()),
                     LAYOUT_CONFIG_KEY: layout.to_json()}
     for server_round in range(ckpt.completed_round + 1, cfg.num_server_rounds + 1):
+        started = time.time()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid)
         replies = send_and_receive(grid, messages, timeout=cfg.round_timeout)
+        replied = time.time()
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
         report = strategy.reports[-1]
-        rounds.append({**report.to_dict(), "aggregated": dict(metrics) if metrics is not None else None})
+        timing = {"started_at": started, "replies_at": replied, "aggregated_at": time.time()}
+        rounds.append({**report.to_dict(), "aggregated": dict(metrics) if metrics is not None else None,
+                       "timing": timing})
         sites = _update_sites(sites, report)
         ckpt = Checkpoint(run_key=ckpt.run_key, completed_round=server_round,
                           num_server_rounds=cfg.num_server_rounds,
@@ -207,6 +243,7 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
 def main(grid: Grid, context: Context) -> None:
     """Validate the run config, build the strategy and run the rounds."""
     settings, cfg = split_run_config(context.run_config)
+    shorten_reply_pull_backoff()
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     (settings.output_dir / "serverapp.pid").write_text(f"{os.getpid()}\n")
     strategy = make_strategy(
