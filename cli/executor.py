@@ -237,6 +237,9 @@ def _run_child(spec: Any, *, hint_fd: int) -> None:
         import numpy as np
 
         np.random.seed()  # a fresh process would draw a new global NumPy seed; so does every child
+        from fedsynth.client.warm import take_hints
+
+        take_hints()  # the parent's own hints (if any) are not this child's to send
         from flwr.supercore import log
         from flwr.supercore.tls import validate_and_resolve_root_certificates
         from flwr.supernode.runtime.run_clientapp import run_clientapp

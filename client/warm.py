@@ -49,7 +49,7 @@ class _Entry:
 
 
 _tables: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-_hints: list[WarmHint] = []
+_hints: OrderedDict[str, WarmHint] = OrderedDict()  # latest hint per (table, schema), at most MAX_TABLES
 
 
 @dataclass(frozen=True)
@@ -129,13 +129,18 @@ def encoded_table(path: str | os.PathLike[str], schema: Schema) -> np.ndarray:
 
 
 def record_hint(hint: WarmHint) -> None:
-    """Remember ``hint`` for :func:`take_hints` (called once per trained round)."""
-    _hints.append(hint)
+    """Remember ``hint`` for :func:`take_hints` (called once per trained round; replaces an earlier hint for the
+    same table and schema, so a long-lived process keeps at most :data:`MAX_TABLES`)."""
+    key = json.dumps([hint.data_path, hint.schema], sort_keys=True)
+    _hints.pop(key, None)
+    _hints[key] = hint
+    while len(_hints) > MAX_TABLES:
+        _hints.popitem(last=False)
 
 
 def take_hints() -> list[WarmHint]:
     """Return and forget the hints recorded in this process."""
-    out = list(_hints)
+    out = list(_hints.values())
     _hints.clear()
     return out
 

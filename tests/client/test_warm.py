@@ -104,6 +104,23 @@ def test_hints_survive_json_and_reject_garbage() -> None:
         WarmHint.from_json('{"data_path": "/x.csv"')
 
 
+def test_only_the_latest_hint_per_table_and_schema_is_kept() -> None:
+    # Arrange
+    first = WarmHint(data_path="/a.csv", schema=SCHEMA.to_dict(), rdp_terms=((0.1, 1.0),))
+    second = WarmHint(data_path="/a.csv", schema=SCHEMA.to_dict(), rdp_terms=((0.1, 1.0), (0.2, 1.0)))
+    # Act
+    warm_module.record_hint(first)
+    warm_module.record_hint(second)
+    for i in range(warm_module.MAX_TABLES + 2):
+        warm_module.record_hint(WarmHint(data_path=f"/other{i}.csv", schema=SCHEMA.to_dict()))
+    kept = take_hints()
+    # Assert
+    assert len(kept) == warm_module.MAX_TABLES and second not in kept  # the oldest ones went first
+    warm_module.record_hint(first)
+    warm_module.record_hint(second)
+    assert take_hints() == [second]
+
+
 def test_warm_fills_the_cache_and_ignores_an_invalid_table(table: Path, tmp_path: Path,
                                                           loads: list[Path]) -> None:
     # Arrange
