@@ -149,25 +149,35 @@ def shorten_reply_pull_backoff(initial_backoff: float = REPLY_PULL_INITIAL_BACKO
         max_tries_per_object=None)
 
 
-def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float,
+def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, expected: float | None = None,
                      min_interval: float = 0.1, max_interval: float = 1.0) -> list[Message]:
     """Push ``messages`` and pull their replies until all are in or ``timeout`` seconds have passed.
 
     Like ``Grid.send_and_receive``, but the pause between pulls grows with the time already waited
     (``min_interval`` + 3% of it, at most ``max_interval``) instead of a fixed 3 s: a reply is seen within
     a few percent of the round's duration while an idle round costs the SuperLink few requests.
+
+    Args:
+        expected: seconds the replies took in earlier rounds, if known. The first pull then waits until 75% of
+            it and the growing pauses count from there: each pull costs the SuperLink and this process CPU
+            that the sites' training (on a shared machine) would otherwise have.
     """
     pending = {mid for mid in grid.push_messages(messages) if mid}
     start = time.monotonic()
+    quiet = min(0.75 * expected, timeout) if expected is not None else 0.0
     replies: list[Message] = []
     while pending:
+        waited = time.monotonic() - start
+        if waited < quiet:
+            time.sleep(quiet - waited)
+            continue
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         waited = time.monotonic() - start
         if not pending or waited >= timeout:
             break
-        time.sleep(min(max_interval, min_interval + 0.03 * waited, max(0.0, timeout - waited)))
+        time.sleep(min(max_interval, min_interval + 0.03 * (waited - quiet), max(0.0, timeout - waited)))
     return replies
 
 
@@ -204,18 +214,22 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
     flat, layout = pack_state_dict(ckpt.state_dict)
     arrays = ArrayRecord({PACKED_ARRAY_KEY: flat})
     rounds, sites = list(ckpt.rounds), dict(ckpt.sites)
+    reply_waits: list[float] = []  # seconds until all replies were in, per complete round of this process
     train_config = {"run-key": ckpt.run_key, "schema-json": json.dumps(schema.to_dict()),
                     LAYOUT_CONFIG_KEY: layout.to_json()}
     for server_round in range(ckpt.completed_round + 1, cfg.num_server_rounds + 1):
         started = time.time()
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid)
-        replies = send_and_receive(grid, messages, timeout=cfg.round_timeout)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid))
+        replies = send_and_receive(grid, messages, timeout=cfg.round_timeout,
+                                   expected=min(reply_waits[-3:]) if reply_waits else None)
         replied = time.time()
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
         report = strategy.reports[-1]
         timing = {"started_at": started, "replies_at": replied, "aggregated_at": time.time()}
+        if len(replies) == len(messages):  # a round cut short by the timeout says nothing about the next
+            reply_waits.append(replied - started)
         rounds.append({**report.to_dict(), "aggregated": dict(metrics) if metrics is not None else None,
                        "timing": timing})
         sites = _update_sites(sites, report)

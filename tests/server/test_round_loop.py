@@ -73,6 +73,28 @@ def test_replies_are_collected_soon_after_they_arrive_with_few_pulls() -> None:
     assert grid.pulls <= 12
 
 
+def test_an_expected_reply_time_saves_the_early_pulls_but_not_the_reply() -> None:
+    # Arrange
+    grid = _SlowGrid(delay=1.0)
+    # Act
+    start = time.monotonic()
+    replies = send_and_receive(grid, [object(), object()], timeout=30.0, expected=1.0)  # type: ignore[arg-type]
+    took = time.monotonic() - start
+    # Assert: the first pull waits until 0.75 s, then pulls every ~0.1 s
+    assert len(replies) == 2
+    assert took < 1.3
+    assert grid.pulls <= 5
+
+
+def test_an_expected_time_longer_than_the_timeout_still_ends_at_the_timeout() -> None:
+    grid = _SlowGrid(delay=60.0)
+
+    start = time.monotonic()
+    replies = send_and_receive(grid, [object()], timeout=0.5, expected=100.0)  # type: ignore[arg-type]
+
+    assert replies == [] and 0.5 <= time.monotonic() - start < 1.5
+
+
 def test_missing_replies_end_the_wait_at_the_timeout() -> None:
     grid = _SlowGrid(delay=60.0)
 
