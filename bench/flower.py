@@ -1,33 +1,70 @@
-"""Flower overhead: rounds on the Deployment Engine against the same local training without Flower.
+"""Flower overhead: rounds on the Deployment Engine against the same local rounds without Flower.
 
-Both sides run :func:`fedsynth.client.site.train_round` (load + validate the table, ledger, ``train_dp``) with
-the same run config. A Flower figure is the wall time from ``flwr run`` to the run's end (ServerApp start,
-the sites' ClientApps, aggregation, checkpoints, artifact export); the cost of a further round is
-``(3-round run - 1-round run) / 2``. Start-up (SuperLink, site agents, the executors' imports) is reported on
-its own line. Two site set-ups are measured in the same run, against the same baseline:
+Both sides run :func:`fedsynth.client.site.train_round` (table, ledger, ``train_dp``) with the same run config,
+round after round in long-lived processes, and both time rounds 2..N only: round 1 pays one-off costs on both
+sides (the first validation of the site table, the first RDP terms, the run's first ClientApps).
+
+* **Flower**: one run of ``rounds`` rounds. The ServerApp records when each round began, when its replies were
+  in and when it was aggregated (``timing`` in the checkpoint's round reports); a round's time is the span from
+  the previous round's aggregation to its own (checkpoint, push, the sites' ClientApps, replies, aggregation).
+  Each site reports ``site-seconds``, its own time in ``train_round``; a round's time minus the slower site's
+  ``site-seconds`` is what Flower adds (messages, polls, forks, checkpoint).
+* **Local**: one spawned process per site running the same rounds at the same time (a barrier starts each
+  round; the ClientApps of a Flower round also run concurrently), and the same rounds one site after the other
+  in this process. A local round's time is the span from the first start to the last end.
+
+The local rounds are measured before, between and after the federations, so a drift of a shared machine's load
+hits both sides; the figures are medians over all timed rounds, with the range. Two site set-ups are measured:
 
 * ``fedsynth site-agent`` (the default of :class:`~fedsynth.cli.federation.Federation` and of ``deploy/``):
-  SuperNode with ``--isolation process`` and a 0.5 s idle poll, ClientApps forked from a warm executor;
-* stock ``flower-supernode``: Flower's SuperExec starts a fresh ``flwr-clientapp`` (imports included) per
-  message, 3 s idle poll (skipped with ``stock=False``).
-
-Both use the packed weights and the short reply polling of the ServerApp. ClientApps of different sites run
-concurrently, so there are two baselines: the sites' rounds one after another in this process (the issue's
-figure; on an idle 2-core machine that ratio is in Flower's favour) and the same rounds at the same time, one
-spawned process per site, imports excluded (the stricter one: only Flower's own cost is left).
+  SuperNode with ``--isolation process`` and short adaptive polls, ClientApps forked from a warm executor that
+  keeps the validated table and the RDP terms in memory;
+* stock ``flower-supernode`` (skipped with ``stock=False`` and in quick runs): a fresh ``flwr-clientapp``
+  (imports included) per message, 3 s idle poll.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bench.timing import Figure
 from fedsynth.common.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Timed rounds (2..N) of one set-up: wall seconds per round and the slower site's ``site-seconds``."""
+
+    seconds: tuple[float, ...]
+    site_seconds: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        """Median round time."""
+        return statistics.median(self.seconds)
+
+    @property
+    def overhead(self) -> tuple[float, ...]:
+        """Per round: wall time minus the slower site's own time."""
+        return tuple(s - t for s, t in zip(self.seconds, self.site_seconds, strict=True))
+
+    def spread(self, values: tuple[float, ...] | None = None) -> str:
+        """``min-max`` of ``values`` (default: the round times)."""
+        vals = self.seconds if values is None else values
+        return f"{min(vals):.2f}-{max(vals):.2f}"
+
+
+def _pooled(blocks: list[Rounds]) -> Rounds:
+    return Rounds(tuple(s for b in blocks for s in b.seconds), tuple(s for b in blocks for s in b.site_seconds))
 
 
 def _write_sites(root: Path, n_sites: int) -> tuple[list[Path], Path]:
@@ -44,9 +81,9 @@ def _write_sites(root: Path, n_sites: int) -> tuple[list[Path], Path]:
     return paths, schema_path
 
 
-def _local_round(paths: list[Path], schema_path: Path, run_config: dict[str, object], root: Path,
-                 tag: str = "") -> float:
-    from fedsynth.client.site import RoundRequest, SiteSettings, run_config_from, train_round
+def _site_setup(path: Path, schema_path: Path, run_config: dict[str, Any], ledger: Path,
+                site_id: str) -> tuple[Any, Any, Any, dict[str, torch.Tensor]]:
+    from fedsynth.client.site import SiteSettings, run_config_from
     from fedsynth.common.encoding import TabularTransform
     from fedsynth.common.model import TabularUNet1D
     from fedsynth.common.schema import Schema
@@ -54,136 +91,166 @@ def _local_round(paths: list[Path], schema_path: Path, run_config: dict[str, obj
     schema = Schema.load(schema_path)
     cfg = run_config_from(run_config)
     state = TabularUNet1D(cfg.model_config(TabularTransform(schema).n_features)).state_dict()
-    start = time.perf_counter()
-    for i, p in enumerate(paths):
-        settings = SiteSettings(data_path=p, epsilon_budget=1e6, ledger_path=root / f"local-ledger{tag}-{i}.json",
-                                site_id=f"site{i}")
-        train_round(settings, RoundRequest(run_key="bench-local", server_round=1, schema=schema, run_config=cfg,
-                                           state_dict=state))
-    return time.perf_counter() - start
+    settings = SiteSettings(data_path=path, epsilon_budget=1e6, ledger_path=ledger, site_id=site_id)
+    return settings, schema, cfg, state
 
 
-def _site_worker(path: str, schema_path: str, run_config: dict[str, object], ledger: str, site_id: str,
-                 barrier: object, out: object) -> None:
-    """One site's local round in its own (spawned) process; imports happen before the barrier, off the clock."""
-    from fedsynth.client.site import RoundRequest, SiteSettings, run_config_from, train_round
-    from fedsynth.common.encoding import TabularTransform
-    from fedsynth.common.model import TabularUNet1D
-    from fedsynth.common.schema import Schema
+def _site_worker(path: str, schema_path: str, run_config: dict[str, Any], ledger: str, site_id: str, rounds: int,
+                 barrier: Any, out: Any) -> None:
+    """One site's local rounds in its own (spawned) process; imports happen before the first barrier."""
+    from fedsynth.client.site import RoundRequest, train_round
 
-    schema = Schema.load(schema_path)
-    cfg = run_config_from(run_config)
-    state = TabularUNet1D(cfg.model_config(TabularTransform(schema).n_features)).state_dict()
-    settings = SiteSettings(data_path=Path(path), epsilon_budget=1e6, ledger_path=Path(ledger), site_id=site_id)
-    barrier.wait()  # type: ignore[attr-defined]
-    start = time.time()
-    train_round(settings, RoundRequest(run_key="bench-local", server_round=1, schema=schema, run_config=cfg,
-                                       state_dict=state))
-    out.put((start, time.time()))  # type: ignore[attr-defined]
+    settings, schema, cfg, state = _site_setup(Path(path), Path(schema_path), run_config, Path(ledger), site_id)
+    for server_round in range(1, rounds + 1):
+        barrier.wait()
+        start = time.time()
+        outcome = train_round(settings, RoundRequest(run_key="bench-local", server_round=server_round,
+                                                     schema=schema, run_config=cfg, state_dict=state))
+        out.put((server_round, start, time.time(), outcome.metrics["site-seconds"]))
+        state = outcome.state_dict
 
 
-def _local_round_concurrent(paths: list[Path], schema_path: Path, run_config: dict[str, object], root: Path,
-                            tag: str = "") -> float:
-    """The sites' local rounds at the same time, one process each (as the ClientApps of a Flower round run)."""
+def local_concurrent(paths: list[Path], schema_path: Path, run_config: dict[str, Any], root: Path, *,
+                     rounds: int, tag: str) -> Rounds:
+    """The sites' rounds at the same time, one long-lived process per site; rounds 2..``rounds`` timed."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(len(paths)), ctx.Queue()
     procs = [ctx.Process(target=_site_worker, args=(str(p), str(schema_path), dict(run_config),
-                                                    str(root / f"local-conc-ledger{tag}-{i}.json"), f"site{i}",
+                                                    str(root / f"local-conc-{tag}-{i}.json"), f"site{i}", rounds,
                                                     barrier, out)) for i, p in enumerate(paths)]
     for proc in procs:
         proc.start()
-    spans = [out.get(timeout=1800) for _ in procs]
+    spans: dict[int, list[tuple[float, float, float]]] = {}
+    for _ in range(rounds * len(paths)):
+        server_round, start, end, site_seconds = out.get(timeout=1800)
+        spans.setdefault(server_round, []).append((start, end, site_seconds))
     for proc in procs:
         proc.join(timeout=60)
-    return max(end for _, end in spans) - min(start for start, _ in spans)
+    timed = [spans[r] for r in range(2, rounds + 1)]
+    return Rounds(tuple(max(e for _, e, _ in s) - min(b for b, _, _ in s) for s in timed),
+                  tuple(max(x for _, _, x in s) for s in timed))
 
 
-def _federation_rounds(root: Path, sites: list, schema_path: Path, run_config: dict[str, object], *,
-                       warm: bool) -> tuple[float, dict[int, float], str]:
-    """Start a federation, run a 1-round and a 3-round run; return (start-up s, {rounds: s}, last status)."""
+def local_serial(paths: list[Path], schema_path: Path, run_config: dict[str, Any], root: Path, *,
+                 rounds: int, tag: str) -> Rounds:
+    """The sites' rounds one after the other in this process; rounds 2..``rounds`` timed."""
+    from fedsynth.client.site import RoundRequest, train_round
+
+    sites = [_site_setup(p, schema_path, run_config, root / f"local-serial-{tag}-{i}.json", f"site{i}")
+             for i, p in enumerate(paths)]
+    seconds, site_seconds = [], []
+    for server_round in range(1, rounds + 1):
+        start = time.perf_counter()
+        own = 0.0
+        for settings, schema, cfg, state in sites:
+            outcome = train_round(settings, RoundRequest(run_key="bench-local", server_round=server_round,
+                                                         schema=schema, run_config=cfg, state_dict=state))
+            own += outcome.metrics["site-seconds"]
+        if server_round > 1:
+            seconds.append(time.perf_counter() - start)
+            site_seconds.append(own)
+    return Rounds(tuple(seconds), tuple(site_seconds))
+
+
+def rounds_from_checkpoint(output_dir: Path) -> tuple[Rounds, float]:
+    """Round times (2..N) from a finished run's checkpoint, and round 1's own time (push to aggregation)."""
+    state = json.loads((output_dir / "checkpoint" / "state.json").read_text(encoding="utf-8"))
+    reports = state["rounds"]
+    seconds, site_seconds = [], []
+    for prev, cur in zip(reports, reports[1:], strict=False):
+        seconds.append(cur["timing"]["aggregated_at"] - prev["timing"]["aggregated_at"])
+        site_seconds.append(max(s["metrics"]["site-seconds"] for s in cur["sites"] if s["accepted"]))
+    first = reports[0]["timing"]
+    return Rounds(tuple(seconds), tuple(site_seconds)), first["aggregated_at"] - first["started_at"]
+
+
+def _federation(root: Path, sites: list[Any], schema_path: Path, run_config: dict[str, Any], *, warm: bool,
+                rounds: int) -> tuple[float, float, Rounds, float]:
+    """Start a federation and run ``rounds`` rounds; return (start-up s, run s, timed rounds, round 1 s)."""
     from fedsynth.cli.federation import Federation
 
     tag = "warm" if warm else "stock"
+    output_dir = root / f"server-{tag}"
     with Federation(root / f"fed-{tag}", tls=False, node_auth=False, echo=None, warm_clientapps=warm) as fed:
         start = time.perf_counter()
         fed.start(sites)  # waits until the site agents' executors have done their imports
         startup = time.perf_counter() - start
-        times: dict[int, float] = {}
-        status = "not started"
-        for rounds in (1, 3):  # the difference isolates the cost of a round from per-run fixed costs
-            start = time.perf_counter()
-            run_id = fed.submit(run_config={**run_config, "num-server-rounds": rounds,
-                                            "output-dir": str(root / f"server-{tag}-{rounds}"),
-                                            "schema-path": str(schema_path)})
-            status = fed.wait(run_id, timeout=1800)
-            times[rounds] = time.perf_counter() - start
-            if status != "finished:completed":
-                raise RuntimeError(f"bench federation ({tag}) ended with status {status}")
-    return startup, times, status
+        start = time.perf_counter()
+        run_id = fed.submit(run_config={**run_config, "num-server-rounds": rounds, "output-dir": str(output_dir),
+                                        "schema-path": str(schema_path)})
+        status = fed.wait(run_id, timeout=1800)
+        run_seconds = time.perf_counter() - start
+        if status != "finished:completed":
+            raise RuntimeError(f"bench federation ({tag}) ended with status {status}")
+    timed, first = rounds_from_checkpoint(output_dir)
+    return startup, run_seconds, timed, first
 
 
-def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool = True) -> list[Figure]:
-    """Rounds with 2 sites (site agents, and stock SuperNodes) vs. the same two local trainings in-process."""
+def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool = True,
+        rounds: int | None = None) -> list[Figure]:
+    """Rounds with 2 sites (site agents, and stock SuperNodes) vs. the same local rounds without Flower."""
     from fedsynth.cli.federation import SiteSpec
 
     steps = local_steps or (5 if quick else 40)
-    # no public warm start: the local baseline has none either (it is server start-up work, not round work)
-    run_config = {**RunConfig().to_user_config(), "num-server-rounds": 1, "local-steps": steps,
+    n_rounds = rounds or (3 if quick else 5)
+    # no public warm start: the local rounds have none either (it is server start-up work, not round work)
+    run_config = {**RunConfig().to_user_config(), "num-server-rounds": n_rounds, "local-steps": steps,
                   "noise-multiplier": 1.0, "min-train-nodes": 2, "min-available-nodes": 2,
                   "public-pretrain-steps": 0}
     modes = [True, False] if stock and not quick else [True]
-    results: dict[bool, tuple[float, dict[int, float], str]] = {}
+    feds: dict[bool, tuple[float, float, Rounds, float]] = {}
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         root = Path(tmp)
         paths, schema_path = _write_sites(root, 2)
         # clientapps are separate processes: give them the thread count this process uses
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
-        def baselines(tag: str) -> tuple[float, float]:
-            return (_local_round(paths, schema_path, run_config, root, tag=tag),
-                    _local_round_concurrent(paths, schema_path, run_config, root, tag=tag))
+        def baselines(tag: str) -> tuple[Rounds, Rounds]:
+            return (local_concurrent(paths, schema_path, run_config, root, rounds=n_rounds, tag=tag),
+                    local_serial(paths, schema_path, run_config, root, rounds=n_rounds, tag=tag))
 
-        # the baselines are measured before and after each federation (fresh ledgers each time): the ratios of a
-        # set-up use the mean of the two around it, so slow drifts of a shared machine's load hit both sides
         locals_ = [baselines("0")]
         for warm in modes:
             sites = [SiteSpec(f"site{i}", p, 1e6, ledger_path=root / f"fl-ledger-{warm}-{i}.json")
                      for i, p in enumerate(paths)]
-            results[warm] = _federation_rounds(root, sites, schema_path, run_config, warm=warm)
+            feds[warm] = _federation(root, sites, schema_path, run_config, warm=warm, rounds=n_rounds)
             locals_.append(baselines(str(len(locals_))))
-    serial_name = "local train_round x2 (no Flower)"
-    conc_name = "local train_round x2 concurrently (no Flower)"
-    note = f"2 sites x {steps} DP steps, batch {run_config['batch-size']}"
-    figures = []
-    for k, (name, how) in enumerate(((serial_name, "one after the other in-process"),
-                                     (conc_name, "one process per site, at the same time, imports excluded"))):
-        values = [b[k] for b in locals_]
-        figures.append(Figure("flower", name, sum(values) / len(values), "s",
-                              note=f"{note}, {how}; mean of {', '.join(f'{v:.1f}' for v in values)} s "
-                                   "(before/between/after the federations)"))
-    for i, warm in enumerate(modes):
-        startup, times, status = results[warm]
-        serial = (locals_[i][0] + locals_[i + 1][0]) / 2
-        conc = (locals_[i][1] + locals_[i + 1][1]) / 2
+    conc, serial = _pooled([b[0] for b in locals_]), _pooled([b[1] for b in locals_])
+    conc_name = "local round, 2 sites at the same time (no Flower)"
+    serial_name = "local round, 2 sites one after the other (no Flower)"
+    timed = f"rounds 2-{n_rounds} of {n_rounds}"
+    note = f"2 sites x {steps} DP steps, batch {run_config['batch-size']}; {timed}"
+    blocks = "before/between/after the federations"
+    figures = [
+        Figure("flower", conc_name, conc.median, "s",
+               note=f"{note}; one process per site; median of {len(conc.seconds)} rounds, range {conc.spread()} s; "
+                    f"medians {', '.join(f'{b[0].median:.2f}' for b in locals_)} s ({blocks}); slower site's "
+                    f"site-seconds {statistics.median(conc.site_seconds):.2f} s"),
+        Figure("flower", serial_name, serial.median, "s",
+               note=f"{note}; in this process; median of {len(serial.seconds)} rounds, range {serial.spread()} s; "
+                    f"medians {', '.join(f'{b[1].median:.2f}' for b in locals_)} s ({blocks})"),
+    ]
+    for warm in modes:
+        startup, run_seconds, fed, first = feds[warm]
         what = "fedsynth site-agent" if warm else "stock flower-supernode"
-        how = ("--isolation process, ClientApps forked from a warm executor, 0.5 s idle poll" if warm
+        how = ("--isolation process, ClientApps forked from a warm executor" if warm
                else "one fresh flwr-clientapp process per message, 3 s idle poll")
-        per_round = (times[3] - times[1]) / 2
-        per_round_name = f"each further round, {what} ((3-round run - 1-round run) / 2)"
+        spread = f"median of {len(fed.seconds)} rounds, range {fed.spread()} s"
+        name = f"round, {what}"
         figures += [
-            Figure("flower", f"1-round run, {what} (run start-up and export included)", times[1], "s",
-                   times[1] / serial, serial_name, "",
-                   f"{note}; {how}; baseline {serial:.1f} s (mean of the runs before and after); status {status}"),
-            Figure("flower", per_round_name, per_round, "s", per_round / serial, serial_name,
-                   "overhead < 10% (ratio < 1.10)",
-                   f"{note}; {how}; baseline {serial:.1f} s (mean of the runs before and after); the 2 sites train "
-                   "concurrently, the baseline one after the other"),
-            Figure("flower", per_round_name, per_round, "s", per_round / conc, conc_name,
-                   "overhead < 10% (ratio < 1.10)",
-                   f"same round against the same concurrency without Flower: baseline {conc:.1f} s (mean of the "
-                   "runs before and after)"),
+            Figure("flower", name, fed.median, "s", fed.median / conc.median, conc_name,
+                   "overhead < 10% (ratio < 1.10)", f"{note}; {how}; {spread}"),
+            Figure("flower", name, fed.median, "s", fed.median / serial.median, serial_name,
+                   "overhead < 10% (ratio < 1.10)", "same rounds against the sites one after the other"),
+            Figure("flower", f"Flower's share of a round, {what}", statistics.median(fed.overhead), "s",
+                   note=f"round time minus the slower site's site-seconds (median "
+                        f"{statistics.median(fed.site_seconds):.2f} s); range {fed.spread(fed.overhead)} s"),
+            Figure("flower", f"round 1, {what}", first, "s",
+                   note="push to aggregation of the run's first round (first ClientApps, first table validation)"),
+            Figure("flower", f"{n_rounds}-round run, {what}", run_seconds, "s",
+                   note="flwr run to finished: ServerApp start, rounds, artifact export"),
             Figure("flower", f"SuperLink + 2 {'site agents' if warm else 'SuperNodes'} start-up", startup, "s",
                    note="once per federation, not per round" + ("; includes the executors' imports" if warm else "")),
         ]

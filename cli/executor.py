@@ -16,12 +16,22 @@ Usage (one per SuperNode, next to it; see ``deploy/README.md``)::
     fedsynth clientapp-executor --runtime-api-address 127.0.0.1:9094 --insecure --parent-pid <supernode pid>
 
 The parent never runs torch code (so no OpenMP thread pool exists when it forks) and keeps a single thread
-besides Flower's parent-pid monitor.
+besides Flower's parent-pid monitor. What a round learns that the next one can reuse goes back to the parent:
+each child sends the :class:`~fedsynth.client.warm.WarmHint`\\ s of its rounds (table path, schema, RDP terms;
+no rows) through a pipe, and once it has exited the parent validates and encodes the site table and computes the
+RDP terms itself (pandas, NumPy, SciPy), so later children find them in memory (:mod:`fedsynth.client.warm`).
+
+The parent polls the SuperNode for the next task every 0.05 s right after a child has finished (the next round
+usually follows within a second), more slowly the longer nothing happens (3% of the time since), and every
+``--poll-interval`` while a child runs: each poll is an HTTP request to the SuperNode, a few ms of CPU that a
+training child would otherwise have.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib
 import os
 import signal
@@ -31,8 +41,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PRELOAD", "PULL_INITIAL_BACKOFF", "READY_MESSAGE", "ForkExecutor", "preload", "main",
-           "DEFAULT_POLL_INTERVAL"]
+__all__ = ["PRELOAD", "PULL_INITIAL_BACKOFF", "PULL_BACKOFF_CAP", "READY_MESSAGE", "ForkExecutor", "preload", "main",
+           "DEFAULT_POLL_INTERVAL", "MIN_POLL_INTERVAL"]
 
 #: Logged once the imports are done and the executor starts taking tasks (launchers wait for it).
 READY_MESSAGE = "fedsynth clientapp-executor: preloaded"
@@ -59,11 +69,19 @@ PRELOAD = (
     "torch.utils.serialization",
 )
 #: First retry pause (s) of a ClientApp pulling its message from the SuperNode (Flower: 1 s). A forked ClientApp
-#: starts within ~0.2 s of the task, usually before the SuperNode has all of the message's objects, and would
-#: then sleep a whole second; retries are loopback requests to the SuperNode.
+#: starts within ~0.1 s of the task, usually before the SuperNode has all of the message's objects (it creates
+#: the task first, then pulls the objects from the SuperLink: 0.2-1 s), and would then sleep a whole second;
+#: retries are loopback requests to the SuperNode.
 PULL_INITIAL_BACKOFF = 0.05
-#: Seconds between AcquireTask polls of the SuperNode's Runtime API (Flower's default is 1 s).
+#: Longest retry pause (s) of that pull (Flower: 10 s, reached after 1+2+4+8 s). Flower's limit on the tries
+#: per object is lifted with it; its limit on the total time (2 h) stays.
+PULL_BACKOFF_CAP = 0.2
+#: Longest pause (s) between AcquireTask polls of the SuperNode's Runtime API (Flower's default is 1 s).
 DEFAULT_POLL_INTERVAL = 0.2
+#: Pause (s) between AcquireTask polls right after a ClientApp started or finished (loopback requests).
+MIN_POLL_INTERVAL = 0.05
+#: Pipe capacity asked for the children's warm hints (Linux; the default 64 kB holds a few hundred columns).
+_HINT_PIPE_SIZE = 1 << 20
 _POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
@@ -94,9 +112,17 @@ class ForkExecutor:
     SuperNode's Runtime API hands out nothing else.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
+        from fedsynth.cli.polling import GrowingPause
+
         self.children: dict[int, int] = {}  # pid -> task id of the running children
         self.exit_codes: dict[int, int] = {}  # task id -> exit code of the finished ones (last 100)
+        self.hint_pipes: dict[int, int] = {}  # pid -> read end of the child's warm-hint pipe
+        self.poll = GrowingPause(floor=min(MIN_POLL_INTERVAL, poll_interval), cap=poll_interval)
+
+    def pause(self, seconds: float) -> float:
+        """The pause Flower's task loop takes instead of its fixed ``seconds`` (see :class:`GrowingPause`)."""
+        return min(seconds, self.poll.next())
 
     def get_eligible_capacity(self, supported_task_types: set[Any], *, insecure: bool = False,
                               root_certificates_path: str | None = None) -> tuple[set[Any], set[str]]:
@@ -116,10 +142,18 @@ class ForkExecutor:
             return LaunchResult.failed(f"fedsynth clientapp-executor runs ClientApps only, not {spec.task_type}")
         sys.stdout.flush()
         sys.stderr.flush()
+        read_end, write_end = os.pipe()
+        with contextlib.suppress(AttributeError, OSError):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _HINT_PIPE_SIZE)
         pid = os.fork()
         if pid == 0:  # child: never returns
-            _run_child(spec)
+            for fd in (read_end, *self.hint_pipes.values()):
+                os.close(fd)
+            _run_child(spec, hint_fd=write_end)
+        os.close(write_end)
         self.children[pid] = int(spec.task_id)
+        self.hint_pipes[pid] = read_end
+        self.poll.reset()
         return LaunchResult.accepted()
 
     def reconcile(self) -> None:
@@ -134,6 +168,31 @@ class ForkExecutor:
                 self.exit_codes[task_id] = os.waitstatus_to_exitcode(status)
                 while len(self.exit_codes) > 100:
                     self.exit_codes.pop(next(iter(self.exit_codes)))
+                self._warm_from(self.hint_pipes.pop(pid))
+                self.poll.mark()
+
+    @staticmethod
+    def _warm_from(read_end: int) -> None:
+        """Read a finished child's warm hints and fill this process' caches with them (never raises)."""
+        from fedsynth.client.warm import WarmHint, warm
+
+        chunks = []
+        try:
+            os.set_blocking(read_end, False)
+            while chunk := os.read(read_end, 1 << 16):
+                chunks.append(chunk)
+        except OSError:
+            pass  # nothing (more) to read
+        finally:
+            os.close(read_end)
+        hints = []
+        for line in b"".join(chunks).decode("utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):  # a line cut short by a full pipe
+                hints.append(WarmHint.from_json(line))
+        try:
+            warm(hints)
+        except Exception:  # noqa: BLE001 (a cache is an optimisation: the executor must keep running)
+            traceback.print_exc()
 
     def close(self) -> None:
         """On shutdown, stop the children still running (each also watches this process and exits with it)."""
@@ -148,8 +207,24 @@ class ForkExecutor:
             time.sleep(0.05)
 
 
-def _run_child(spec: Any) -> None:
-    """Body of a forked child: Flower's ``flwr-clientapp`` for one task, then ``os._exit``."""
+def _send_hints(hint_fd: int) -> None:
+    """Write the warm hints recorded by this child's rounds to the parent (never blocks, never raises)."""
+    try:
+        from fedsynth.client.warm import take_hints
+
+        view = memoryview("".join(h.to_json() + "\n" for h in take_hints()).encode())
+        os.set_blocking(hint_fd, False)
+        while view:
+            view = view[os.write(hint_fd, view):]
+    except Exception:  # noqa: BLE001, S110 (a full pipe or a bad hint only costs the next round's warm start)
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(hint_fd)
+
+
+def _run_child(spec: Any, *, hint_fd: int) -> None:
+    """Body of a forked child: Flower's ``flwr-clientapp`` for one task, hints to the parent, ``os._exit``."""
     code = 1
     try:
         from flwr.supercore.exit import exit_handler
@@ -162,6 +237,9 @@ def _run_child(spec: Any) -> None:
         import numpy as np
 
         np.random.seed()  # a fresh process would draw a new global NumPy seed; so does every child
+        from fedsynth.client.warm import take_hints
+
+        take_hints()  # the parent's own hints (if any) are not this child's to send
         from flwr.supercore import log
         from flwr.supercore.tls import validate_and_resolve_root_certificates
         from flwr.supernode.runtime.run_clientapp import run_clientapp
@@ -185,6 +263,7 @@ def _run_child(spec: Any) -> None:
         traceback.print_exc()
     finally:
         try:
+            _send_hints(hint_fd)
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
@@ -195,8 +274,9 @@ def _shorten_message_pull_backoff(initial_backoff: float = PULL_INITIAL_BACKOFF)
     """Make the forked ClientApps retry a not-yet-available message object after ``initial_backoff`` s.
 
     ``flwr-clientapp``'s :func:`pull_task_input` calls ``pull_and_inflate_object_from_tree`` with Flower's
-    defaults (first retry after 1 s, doubling to 10 s); the same function with a shorter first pause is put in
-    its place (the cap, the retry limit and the total time limit stay Flower's).
+    defaults (first retry after 1 s, doubling to 10 s); the same function with a first pause of
+    ``initial_backoff`` and a cap of :data:`PULL_BACKOFF_CAP` is put in its place (no limit on the tries per
+    object; Flower's limit on the total time stays).
     """
     import functools
 
@@ -210,7 +290,8 @@ def _shorten_message_pull_backoff(initial_backoff: float = PULL_INITIAL_BACKOFF)
     if current is not original:
         raise RuntimeError("flwr-clientapp no longer pulls its message with pull_and_inflate_object_from_tree")
     clientapp_main.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[attr-defined]
-        original, initial_backoff=initial_backoff)
+        original, initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, PULL_BACKOFF_CAP),
+        max_tries_per_object=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from flwr.supercore.auth import load_superexec_auth_secret
     from flwr.supercore.superexec import run_superexec as superexec_module
 
+    from fedsynth.cli.polling import SleepOverride
+
     _shorten_message_pull_backoff()
 
     log(INFO, "%s %d modules in %.1fs; polling %s every %.2fs", READY_MESSAGE, len(took), sum(took.values()),
@@ -261,11 +344,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     secret = None
     if args.superexec_auth_secret_file is not None:
         secret = load_superexec_auth_secret(secret_file=args.superexec_auth_secret_file)
-    executor = ForkExecutor()
+    executor = ForkExecutor(poll_interval=interval)
     # Flower's loop builds its executor with get_executor(); hand it ours (Flower has no plugin point for it).
     if not callable(getattr(superexec_module, "get_executor", None)):
         raise SystemExit("fedsynth clientapp-executor: this flwr version has no SuperExec get_executor hook")
+    if getattr(superexec_module, "time", None) is not time:
+        raise SystemExit("fedsynth clientapp-executor: this flwr version's SuperExec loop has no `time` to patch")
     superexec_module.get_executor = lambda *a, **k: executor  # type: ignore[assignment]
+    superexec_module.time = SleepOverride(executor.pause)  # type: ignore[assignment]
     superexec_module.run_superexec(
         runtime_api_address=args.runtime_api_address,
         insecure=args.insecure,

@@ -7,10 +7,15 @@ waits 0–3 s at every site (1.5–3 s per round in practice, the last site to r
 short round. This wrapper runs Flower's own ``flower-supernode`` entry point unchanged except for those two
 pauses, taken from the environment:
 
-* ``FEDSYNTH_SUPERNODE_POLL_INTERVAL`` (default 0.5 s): idle poll of the SuperLink. Each poll is one small
-  HTTPS request per site; ``3`` restores Flower's behaviour.
+* ``FEDSYNTH_SUPERNODE_POLL_INTERVAL`` (default 0.5 s): the longest idle poll of the SuperLink. Each poll is
+  one small HTTPS request per site; ``3`` restores Flower's behaviour.
 * ``FEDSYNTH_SUPERNODE_REPLY_POLL_INTERVAL`` (default 0.1 s): check of the SuperNode's own in-memory state for
   the ClientApp's reply (no network).
+
+After a round's reply the next message usually follows within a second (the slowest site's reply, aggregation,
+the push), so the idle poll is not fixed: it starts at the reply poll interval once a reply has been awaited and
+grows by 3% of the time since, up to ``FEDSYNTH_SUPERNODE_POLL_INTERVAL``
+(:class:`~fedsynth.cli.polling.GrowingPause`). A site idle for longer than ~15 s polls every 0.5 s as before.
 
 Everything else (flags, TLS, node authentication, isolation modes, exit codes) is Flower's.
 """
@@ -19,7 +24,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
+
+from fedsynth.cli.polling import GrowingPause
 
 __all__ = ["PollClock", "install", "main", "IDLE_POLL_ENV", "REPLY_POLL_ENV"]
 
@@ -35,20 +43,23 @@ FLOWER_REPLY_POLL = 0.5
 class PollClock:
     """Stands in for the ``time`` module inside Flower's SuperNode loop: shortens its two fixed pauses.
 
-    ``sleep(3)`` (idle poll) becomes ``sleep(idle)`` and ``sleep(0.5)`` (reply wait) becomes ``sleep(reply)``;
-    any other call goes to :mod:`time` unchanged.
+    ``sleep(0.5)`` (reply wait) becomes ``sleep(reply)`` and marks activity; ``sleep(3)`` (idle poll) becomes a
+    pause of ``reply`` + 3% of the seconds since that activity, at most ``idle`` (``idle`` before any round).
+    Any other call goes to :mod:`time` unchanged.
     """
 
-    def __init__(self, idle: float, reply: float) -> None:
+    def __init__(self, idle: float, reply: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         if not (0 < idle <= 60 and 0 < reply <= 60):
             raise ValueError(f"poll intervals must be in (0, 60] s, got idle={idle}, reply={reply}")
         self.idle, self.reply = idle, reply
+        self.idle_pause = GrowingPause(floor=min(reply, idle), cap=idle, clock=clock)
 
     def sleep(self, seconds: float) -> None:
         """Sleep, replacing Flower's fixed pauses by the configured ones."""
         if seconds == FLOWER_IDLE_POLL:
-            seconds = self.idle
+            seconds = self.idle_pause.next()
         elif seconds == FLOWER_REPLY_POLL:
+            self.idle_pause.mark()
             seconds = self.reply
         time.sleep(seconds)
 

@@ -2,8 +2,8 @@
 
 The reply carries only the updated weights (``ArrayRecord`` under ``arrays``; packed into one vector when the
 server sent a ``weights-layout``, see :mod:`fedsynth.common.packing`), a ``MetricRecord`` (loss, epsilon,
-delta, noise-multiplier, sample-rate, steps, num-examples) and the site's name (``ConfigRecord`` ``site``) —
-never rows. A site that cannot or must not train (invalid table, budget exhausted) answers with a Flower
+delta, noise-multiplier, sample-rate, steps, num-examples, site-seconds) and the site's name
+(``ConfigRecord`` ``site``) — never rows. A site that cannot or must not train (invalid table, budget exhausted) answers with a Flower
 ``Error`` whose reason says why; the federation goes on with the other sites. Validation errors report only
 file, row and column to the server; the full messages (which may quote a cell) stay in the site's log.
 """

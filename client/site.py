@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import io
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fedsynth.client.warm import WarmHint, encoded_table, record_hint
 from fedsynth.common.config import RunConfig
 from fedsynth.common.encoding import TabularTransform
 from fedsynth.common.errors import CheckpointError, ConfigError, PrivacyBudgetExceeded
@@ -28,7 +30,6 @@ from fedsynth.common.ledger import PrivacyLedger
 from fedsynth.common.model import TabularUNet1D
 from fedsynth.common.schema import Schema
 from fedsynth.common.training import calibrate_noise, planned_sample_rate, train_dp
-from fedsynth.common.validation import load_table
 
 __all__ = ["SiteSettings", "RoundRequest", "RoundOutcome", "train_round", "run_config_from", "state_digest"]
 
@@ -164,7 +165,9 @@ def train_round(settings: SiteSettings, request: RoundRequest) -> RoundOutcome:
         request: the server's instruction.
 
     Returns:
-        The update and its metrics (loss, epsilon, delta, noise-multiplier, sample-rate, steps, num-examples).
+        The update and its metrics (loss, epsilon, delta, noise-multiplier, sample-rate, steps, num-examples,
+        epsilon-budget, and site-seconds: the wall seconds from taking the ledger lock to the update being ready,
+        i.e. the site's own share of the round).
 
     Raises:
         DataValidationError: the site's table does not match the schema (names file, row, column).
@@ -197,9 +200,9 @@ def _check_pinned_schema(settings: SiteSettings, schema: Schema) -> None:
 def _train_round_locked(settings: SiteSettings, request: RoundRequest) -> RoundOutcome:
     cfg = request.run_config
     _check_pinned_schema(settings, request.schema)
-    df = load_table(settings.data_path, request.schema)
+    start = time.perf_counter()
+    data = encoded_table(settings.data_path, request.schema)
     transform = TabularTransform(request.schema)
-    data = transform.transform(df)
     ledger = PrivacyLedger(
         settings.ledger_path, budget_epsilon=settings.epsilon_budget, delta=cfg.target_delta,
         site_id=settings.site_id, accountant=cfg.accountant,
@@ -242,6 +245,7 @@ def _train_round_locked(settings: SiteSettings, request: RoundRequest) -> RoundO
         "steps": float(result.steps),
         "num-examples": float(result.num_examples),
         "epsilon-budget": float(settings.epsilon_budget),
+        "site-seconds": time.perf_counter() - start,
     }
     state = {k: v.detach().cpu() for k, v in result.state_dict.items()}
     buf = io.BytesIO()
@@ -251,4 +255,9 @@ def _train_round_locked(settings: SiteSettings, request: RoundRequest) -> RoundO
         round_key, accountant_state=result.accountant_state, steps=result.steps,
         noise_multiplier=result.noise_multiplier, sample_rate=result.sample_rate, loss=result.loss,
     )
+    if cfg.accountant == "rdp":
+        terms = tuple(sorted({(float(q), float(s)) for s, q, _ in result.accountant_state.get("history", [])}))
+    else:
+        terms = ()
+    record_hint(WarmHint(data_path=str(settings.data_path), schema=request.schema.to_dict(), rdp_terms=terms))
     return RoundOutcome(state_dict=state, metrics=metrics, replayed=False)

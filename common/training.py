@@ -200,6 +200,14 @@ def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     return out
 
 
+def warm_rdp(*, sample_rate: float, noise_multiplier: float) -> None:
+    """Compute and cache the one-step RDP of ``(sample_rate, noise_multiplier)`` (NumPy/SciPy only, no torch).
+
+    A forking parent calls this so that its children find the term cached (see :mod:`fedsynth.client.warm`).
+    """
+    _rdp_per_step(float(sample_rate), float(noise_multiplier))
+
+
 def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     """Opacus' RDP accountant epsilon for ``history``, with each ``(sigma, q)`` pair's RDP computed once per process.
 

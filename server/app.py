@@ -8,7 +8,9 @@ spent twice.
 
 The weights travel packed into one vector (:mod:`fedsynth.common.packing`): Flower moves each array of a
 message as its own HTTP request, and the round loop polls for replies every few hundred milliseconds instead of
-``Grid.send_and_receive``'s fixed 3 s.
+``Grid.send_and_receive``'s fixed 3 s. A reply is listed by the SuperLink as soon as its SuperNode has announced
+it, before its objects are uploaded; a pull in that window made Flower's grid wait 1 s before trying again, so
+the ServerApp retries such objects after 0.05 s instead (:func:`shorten_reply_pull_backoff`).
 
 Server-only run-config keys (not part of :class:`~fedsynth.common.config.RunConfig`):
 ``output-dir`` (checkpoint, artifacts, ``result.json``) and ``schema-path`` (the declared schema JSON).
@@ -41,10 +43,13 @@ from fedsynth.common.schema import Schema
 from fedsynth.server.checkpoint import Checkpoint, load_checkpoint, new_run_key, save_checkpoint
 from fedsynth.server.strategy import RoundReport, ScreeningStrategy, make_strategy
 
-__all__ = ["app", "ServerSettings", "split_run_config", "RESULT_FILE"]
+__all__ = ["app", "ServerSettings", "split_run_config", "shorten_reply_pull_backoff", "RESULT_FILE"]
 
 RESULT_FILE = "result.json"
 SERVER_KEYS = ("output-dir", "schema-path")
+#: First and longest retry pause (s) of the ServerApp pulling a reply's objects (Flower: 1 s, doubling to 10 s).
+REPLY_PULL_INITIAL_BACKOFF = 0.05
+REPLY_PULL_BACKOFF_CAP = 0.2
 
 app = ServerApp()
 
@@ -117,25 +122,62 @@ def _update_sites(sites: dict[str, dict[str, Any]], report: RoundReport) -> dict
     return out
 
 
-def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float,
+def shorten_reply_pull_backoff(initial_backoff: float = REPLY_PULL_INITIAL_BACKOFF,
+                               backoff_cap: float = REPLY_PULL_BACKOFF_CAP) -> None:
+    """Make the ServerApp's grid retry a reply object that is not uploaded yet after ``initial_backoff`` s.
+
+    Flower's ``HttpGrid.pull_messages`` pulls each reply's objects with ``pull_objects`` and its defaults (first
+    retry after 1 s, doubling to 10 s, at most 500 tries per object); the same function with the shorter pauses
+    and no limit on the tries is put in its place (Flower's limit on the total time, 2 h, stays).
+
+    Raises:
+        RuntimeError: the installed flwr's grid no longer pulls objects with ``pull_objects``.
+    """
+    import functools
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
+
+    original = inflatable_utils.pull_objects
+    current = getattr(http_grid, "pull_objects", None)
+    if isinstance(current, functools.partial) and current.func is original:
+        current = original  # already shortened: replace it with the new pauses
+    if current is not original:
+        raise RuntimeError("flwr's HttpGrid no longer pulls reply objects with pull_objects")
+    http_grid.pull_objects = functools.partial(  # type: ignore[attr-defined]
+        original, initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, backoff_cap),
+        max_tries_per_object=None)
+
+
+def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, expected: float | None = None,
                      min_interval: float = 0.1, max_interval: float = 1.0) -> list[Message]:
     """Push ``messages`` and pull their replies until all are in or ``timeout`` seconds have passed.
 
     Like ``Grid.send_and_receive``, but the pause between pulls grows with the time already waited
     (``min_interval`` + 3% of it, at most ``max_interval``) instead of a fixed 3 s: a reply is seen within
     a few percent of the round's duration while an idle round costs the SuperLink few requests.
+
+    Args:
+        expected: seconds the replies took in earlier rounds, if known. The first pull then waits until 75% of
+            it and the growing pauses count from there: each pull costs the SuperLink and this process CPU
+            that the sites' training (on a shared machine) would otherwise have.
     """
     pending = {mid for mid in grid.push_messages(messages) if mid}
     start = time.monotonic()
+    quiet = min(0.75 * expected, timeout) if expected is not None else 0.0
     replies: list[Message] = []
     while pending:
+        waited = time.monotonic() - start
+        if waited < quiet:
+            time.sleep(quiet - waited)
+            continue
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         waited = time.monotonic() - start
         if not pending or waited >= timeout:
             break
-        time.sleep(min(max_interval, min_interval + 0.03 * waited, max(0.0, timeout - waited)))
+        time.sleep(min(max_interval, min_interval + 0.03 * (waited - quiet), max(0.0, timeout - waited)))
     return replies
 
 
@@ -172,16 +214,24 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
     flat, layout = pack_state_dict(ckpt.state_dict)
     arrays = ArrayRecord({PACKED_ARRAY_KEY: flat})
     rounds, sites = list(ckpt.rounds), dict(ckpt.sites)
+    reply_waits: list[float] = []  # seconds until all replies were in, per complete round of this process
     train_config = {"run-key": ckpt.run_key, "schema-json": json.dumps(schema.to_dict()),
                     LAYOUT_CONFIG_KEY: layout.to_json()}
     for server_round in range(ckpt.completed_round + 1, cfg.num_server_rounds + 1):
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid)
-        replies = send_and_receive(grid, messages, timeout=cfg.round_timeout)
+        started = time.time()
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid))
+        replies = send_and_receive(grid, messages, timeout=cfg.round_timeout,
+                                   expected=min(reply_waits[-3:]) if reply_waits else None)
+        replied = time.time()
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
         report = strategy.reports[-1]
-        rounds.append({**report.to_dict(), "aggregated": dict(metrics) if metrics is not None else None})
+        timing = {"started_at": started, "replies_at": replied, "aggregated_at": time.time()}
+        if len(replies) == len(messages):  # a round cut short by the timeout says nothing about the next
+            reply_waits.append(replied - started)
+        rounds.append({**report.to_dict(), "aggregated": dict(metrics) if metrics is not None else None,
+                       "timing": timing})
         sites = _update_sites(sites, report)
         ckpt = Checkpoint(run_key=ckpt.run_key, completed_round=server_round,
                           num_server_rounds=cfg.num_server_rounds,
@@ -207,6 +257,7 @@ def run_rounds(grid: Grid, *, settings: ServerSettings, cfg: RunConfig, user_con
 def main(grid: Grid, context: Context) -> None:
     """Validate the run config, build the strategy and run the rounds."""
     settings, cfg = split_run_config(context.run_config)
+    shorten_reply_pull_backoff()
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     (settings.output_dir / "serverapp.pid").write_text(f"{os.getpid()}\n")
     strategy = make_strategy(

@@ -51,7 +51,9 @@ class Checkpoint:
         completed_round: last fully aggregated round (0 = initial weights only).
         num_server_rounds: rounds planned for the run.
         state_dict: global denoiser weights.
-        rounds: per-round site reports (JSON-ready dicts, see ``server.strategy.RoundReport.to_dict``).
+        rounds: per-round site reports (JSON-ready dicts, see ``server.strategy.RoundReport.to_dict``), with the
+            aggregated metrics and the round's ``timing`` (Unix times ``started_at``, ``replies_at``,
+            ``aggregated_at``, from the ServerApp's clock).
         sites: latest report per site id (epsilon, delta, loss, rounds trained).
     """
 

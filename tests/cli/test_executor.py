@@ -83,6 +83,50 @@ def test_a_crashing_child_never_returns_into_the_parent(monkeypatch: pytest.Monk
     assert executor.exit_codes[8] == 1
 
 
+def test_a_childs_warm_hints_reach_the_parent_and_polls_speed_up_after_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: the child "trains" a round (records a hint); the parent's warm() is replaced by a recorder
+    import flwr.supernode.runtime.run_clientapp as flower_main
+
+    from fedsynth.client import warm as warm_module
+
+    hint = warm_module.WarmHint(data_path="/site.csv", schema={"columns": []}, rdp_terms=((0.1, 1.0),))
+
+    def fake_run_clientapp(**kwargs: object) -> None:
+        warm_module.record_hint(hint)
+        raise SystemExit(0)
+
+    warmed: list[list[warm_module.WarmHint]] = []
+    monkeypatch.setattr(flower_main, "run_clientapp", fake_run_clientapp)
+    monkeypatch.setattr(warm_module, "warm", lambda hints: warmed.append(list(hints)))
+    executor = ForkExecutor(poll_interval=0.2)
+    # Act
+    executor.launch(_spec(task_id=9))
+    pause_while_running = executor.pause(0.2)
+    _wait_reaped(executor)
+    pause_after = executor.pause(0.2)
+    # Assert
+    assert warmed == [[hint]] and executor.exit_codes[9] == 0
+    assert not executor.hint_pipes
+    assert pause_while_running == 0.2
+    assert pause_after == pytest.approx(executor_module.MIN_POLL_INTERVAL, abs=0.01)
+
+
+def test_a_cut_hint_line_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedsynth.client import warm as warm_module
+
+    warmed: list[list[warm_module.WarmHint]] = []
+    monkeypatch.setattr(warm_module, "warm", lambda hints: warmed.append(list(hints)))
+    hint = warm_module.WarmHint(data_path="/site.csv", schema={"columns": []})
+    read_end, write_end = os.pipe()
+    os.write(write_end, (hint.to_json() + "\n" + hint.to_json()[:20]).encode())
+    os.close(write_end)
+
+    ForkExecutor._warm_from(read_end)
+
+    assert warmed == [[hint]]
+
+
 def test_only_clientapp_tasks_are_launched() -> None:
     result = ForkExecutor().launch(_spec(TaskType.SERVER_APP))
 
@@ -132,4 +176,5 @@ def test_forked_clientapps_retry_their_message_pull_sooner(monkeypatch: pytest.M
     # Assert
     patched = flower_main.pull_and_inflate_object_from_tree
     assert isinstance(patched, functools.partial) and patched.func is original
-    assert patched.keywords == {"initial_backoff": 0.02}
+    assert patched.keywords == {"initial_backoff": 0.02, "backoff_cap": executor_module.PULL_BACKOFF_CAP,
+                                "max_tries_per_object": None}

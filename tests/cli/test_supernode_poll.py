@@ -23,6 +23,23 @@ def test_poll_clock_replaces_flowers_pauses_and_passes_others_through(monkeypatc
     assert clock.monotonic is time.monotonic
 
 
+def test_idle_poll_is_short_right_after_a_reply_and_grows_back_to_the_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    now = [0.0]
+    clock = supernode.PollClock(idle=0.5, reply=0.1, clock=lambda: now[0])
+    # Act: a round's reply is awaited, then the node is idle 1 s and 60 s later
+    clock.sleep(supernode.FLOWER_REPLY_POLL)
+    now[0] = 1.0
+    clock.sleep(supernode.FLOWER_IDLE_POLL)
+    now[0] = 60.0
+    clock.sleep(supernode.FLOWER_IDLE_POLL)
+    # Assert
+    assert slept == [0.1, pytest.approx(0.13), 0.5]
+
+
 def test_install_patches_the_supernode_loop_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from flwr.supernode import start_client_internal as loop
 

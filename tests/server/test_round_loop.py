@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
@@ -70,6 +71,28 @@ def test_replies_are_collected_soon_after_they_arrive_with_few_pulls() -> None:
     assert len(replies) == 2
     assert took < 1.5
     assert grid.pulls <= 12
+
+
+def test_an_expected_reply_time_saves_the_early_pulls_but_not_the_reply() -> None:
+    # Arrange
+    grid = _SlowGrid(delay=1.0)
+    # Act
+    start = time.monotonic()
+    replies = send_and_receive(grid, [object(), object()], timeout=30.0, expected=1.0)  # type: ignore[arg-type]
+    took = time.monotonic() - start
+    # Assert: the first pull waits until 0.75 s, then pulls every ~0.1 s
+    assert len(replies) == 2
+    assert took < 1.3
+    assert grid.pulls <= 5
+
+
+def test_an_expected_time_longer_than_the_timeout_still_ends_at_the_timeout() -> None:
+    grid = _SlowGrid(delay=60.0)
+
+    start = time.monotonic()
+    replies = send_and_receive(grid, [object()], timeout=0.5, expected=100.0)  # type: ignore[arg-type]
+
+    assert replies == [] and 0.5 <= time.monotonic() - start < 1.5
 
 
 def test_missing_replies_end_the_wait_at_the_timeout() -> None:
@@ -143,3 +166,27 @@ def test_rounds_send_one_packed_vector_and_checkpoint_the_unpacked_model(tmp_pat
     assert [tuple(t.shape) for t in weights.values()] == list(layout.shapes)
     assert state["completed_round"] == 2 and all(r["sites"][0]["accepted"] for r in state["rounds"])
     assert artifact.is_dir()
+    # ... and records when each round began, had its replies and was aggregated, and each site's own time
+    timings = [r["timing"] for r in state["rounds"]]
+    assert all(t["started_at"] <= t["replies_at"] <= t["aggregated_at"] for t in timings)
+    assert timings[0]["aggregated_at"] <= timings[1]["started_at"]
+    assert all(s["metrics"]["site-seconds"] > 0 for r in state["rounds"] for s in r["sites"])
+
+
+def test_the_serverapp_retries_a_reply_object_that_is_not_uploaded_yet_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange
+    import functools
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
+
+    from fedsynth.server.app import shorten_reply_pull_backoff
+
+    monkeypatch.setattr(http_grid, "pull_objects", inflatable_utils.pull_objects)
+    # Act
+    shorten_reply_pull_backoff(0.1, 0.3)
+    shorten_reply_pull_backoff()  # idempotent: the last pauses win
+    # Assert
+    patched = http_grid.pull_objects
+    assert isinstance(patched, functools.partial) and patched.func is inflatable_utils.pull_objects
+    assert patched.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.2, "max_tries_per_object": None}
