@@ -7,14 +7,19 @@ forward and one backward pass, and the backward pass computes no weight gradient
 1. During the forward pass a hook keeps each parametrised layer's input ``a`` and output ``z``.
 2. ``torch.autograd.grad(sum_n loss_n, [z for each layer])`` gives the output gradients ``g`` only (the
    weights are not asked for, so autograd skips their gradients, the bulk of a normal backward pass).
-3. Per layer, each row's squared gradient norm comes from ``(a, g)``: ``||a_n||^2 ||g_n||^2`` for ``Linear``
-   (the ghost-norm identity), the (small) per-row gradients for ``Conv1d`` and ``GroupNorm``.
+3. Per layer, each row's gradient norm comes from ``(a, g)``: ``||a_n|| ||g_n||`` for ``Linear`` (the ghost-norm
+   identity), the (small) per-row gradients for ``Conv1d`` and ``GroupNorm``. Each layer writes its norms into
+   one row of a `(layers, R)` matrix; the rows' total norms are one ``vector_norm`` over it.
 4. The clip factor ``c_n = min(1, C / (||grad_n|| + 1e-6))`` (Opacus' formula) is known once all layers are done;
    each layer's clipped gradient sum is then one weighted product, e.g. ``(c * g)^T a`` for ``Linear``.
 
+Each layer's rule is an object built with the clipper (:class:`_Rule`), so that a step costs a handful of tensor
+operations per layer: at this model size the Python and dispatch overhead per operation is a sizeable part of it.
+
 The result is the clipped gradient sum that Opacus' ``hooks`` mode produces (``tests/common/test_dp_engine.py``);
 the noise, the ``1 / expected batch`` scaling and the accounting stay Opacus' own
-(``DPOptimizerFastGradientClipping`` and the accountant's optimizer hook, see ``training.train_dp``).
+(``DPOptimizerFastGradientClipping``, with the same noise draws added in one multi-tensor operation, and the
+accountant's optimizer hook, see ``training.train_dp``).
 
 Augmentation multiplicity (``k`` consecutive copies of each row, their gradients averaged *before* clipping) is
 supported exactly: the copies' contributions are averaged per row, with the Gram-matrix form for ``Linear``.
