@@ -95,6 +95,9 @@ class _Rule(ABC):
 
 
 class _LinearRule(_Rule):
+    """Ghost norms: a row's weight gradient ``g_n^T a_n`` is never built, its norm comes from ``||a_n|| ||g_n||``
+    (one position per row) or from the rows' Gram matrices (several positions or copies per row)."""
+
     def norms(self, a: Tensor, z: Tensor, g: Tensor, k: int, out: Tensor) -> _Clipped:
         layer, want_w, want_b = self.layer, self.want_w, self.want_b
         a2 = a.reshape(-1, a.shape[-1])  # (R * k * T, in): one position per row of a 2D input
