@@ -283,28 +283,16 @@ class TorchExactIndex:
 
         data = torch.from_numpy(self._reference())
         mu = data.mean(0)
+        centred = data - mu
+        rn_all = (centred * centred).sum(1)
         q_all = qc - mu
         qn_all = (q_all * q_all).sum(1)
-        best_v = torch.full((len(qc), kk), float("inf"))
-        best_i = torch.full((len(qc), kk), -1, dtype=torch.long)
-        rmax = torch.zeros(())
-        qb = max(1, self.block // 4)
-        for rs in range(0, len(data), self.block):
-            r = data[rs : rs + self.block] - mu
-            rn = (r * r).sum(1)
-            rmax = torch.maximum(rmax, rn.max())
-            for qs in range(0, len(qc), qb):
-                q, qn = q_all[qs : qs + qb], qn_all[qs : qs + qb]
-                d2 = torch.addmm(rn.unsqueeze(0), q, r.T, alpha=-2.0).add_(qn.unsqueeze(1))
-                v, j = torch.topk(d2, min(kk, d2.shape[1]), dim=1, largest=False, sorted=False)
-                best_v[qs : qs + qb], best_i[qs : qs + qb] = _merge(
-                    best_v[qs : qs + qb], best_i[qs : qs + qb], v, j + rs, kk
-                )
-        tol = _gamma(self.dim) * (qn_all + rmax)
+        best_v, best_i = _screen(q_all, qn_all, centred, rn_all, kk, self.block, max(1, self.block // 4))
+        tol = _gamma(self.dim) * (qn_all + rn_all.max())
         return best_v, best_i, tol
 
     def _brute_device(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
-        """:meth:`_brute` on ``self.device`` (a GPU) with large blocks; the reference is copied there once.
+        """:meth:`_brute` on ``self.device`` (a GPU) with large tiles; the reference is copied there once.
         Returns the candidates and the error bound on the CPU, for :meth:`_refine`."""
         import torch
 
@@ -313,29 +301,17 @@ class TorchExactIndex:
             data = torch.from_numpy(self._reference()).to(dev)
             mu = data.mean(0)
             centred = data - mu
-            rn = (centred * centred).sum(1)
-            self._on_device = (centred, mu, rn, rn.max())
-        centred, mu, rn_all, rmax = self._on_device
+            self._on_device = (centred, mu, (centred * centred).sum(1))
+        centred, mu, rn_all = self._on_device
         q_all = qc.to(dev) - mu
         qn_all = (q_all * q_all).sum(1)
-        best_v = torch.full((len(qc), kk), float("inf"), device=dev)
-        best_i = torch.full((len(qc), kk), -1, dtype=torch.long, device=dev)
-        block = self.DEVICE_BLOCK
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # TF32's 10-bit mantissa would break the error bound
         try:
-            for rs in range(0, len(centred), block):
-                r, rn = centred[rs : rs + block], rn_all[rs : rs + block]
-                for qs in range(0, len(qc), block):
-                    q, qn = q_all[qs : qs + block], qn_all[qs : qs + block]
-                    d2 = torch.addmm(rn.unsqueeze(0), q, r.T, alpha=-2.0).add_(qn.unsqueeze(1))
-                    v, j = torch.topk(d2, min(kk, d2.shape[1]), dim=1, largest=False, sorted=False)
-                    best_v[qs : qs + block], best_i[qs : qs + block] = _merge(
-                        best_v[qs : qs + block], best_i[qs : qs + block], v, j + rs, kk
-                    )
+            best_v, best_i = _screen(q_all, qn_all, centred, rn_all, kk, self.DEVICE_BLOCK, self.DEVICE_BLOCK)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-        tol = _gamma(self.dim) * (qn_all + rmax)
+        tol = _gamma(self.dim) * (qn_all + rn_all.max())
         return best_v.cpu(), best_i.cpu(), tol.cpu()
 
     def _brute_faiss(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
@@ -475,6 +451,28 @@ def _gamma(dim: int) -> float:
     """Bound factor on the float32 error of ``||q||^2 + ||r||^2 - 2 q.r`` relative to
     ``||q||^2 + ||r||^2`` (any summation order, plus the rounding of centring the inputs)."""
     return 2.0 * (dim + 8) * _EPS32
+
+
+def _screen(
+    q_all: Any, qn_all: Any, centred: Any, rn_all: Any, kk: int, r_block: int, q_block: int
+) -> tuple[Any, Any]:
+    """The ``kk`` smallest float32 screens ``||q||^2 + ||r||^2 - 2 q.r`` of every (centred) query against every
+    (centred) row, and their row indices, tile by tile (``r_block`` rows x ``q_block`` queries), on the
+    tensors' device."""
+    import torch
+
+    best_v = torch.full((len(q_all), kk), float("inf"), device=q_all.device)
+    best_i = torch.full((len(q_all), kk), -1, dtype=torch.long, device=q_all.device)
+    for rs in range(0, len(centred), r_block):
+        r, rn = centred[rs : rs + r_block], rn_all[rs : rs + r_block]
+        for qs in range(0, len(q_all), q_block):
+            q, qn = q_all[qs : qs + q_block], qn_all[qs : qs + q_block]
+            d2 = torch.addmm(rn.unsqueeze(0), q, r.T, alpha=-2.0).add_(qn.unsqueeze(1))
+            v, j = torch.topk(d2, min(kk, d2.shape[1]), dim=1, largest=False, sorted=False)
+            best_v[qs : qs + q_block], best_i[qs : qs + q_block] = _merge(
+                best_v[qs : qs + q_block], best_i[qs : qs + q_block], v, j + rs, kk
+            )
+    return best_v, best_i
 
 
 def _merge(best_v: Any, best_i: Any, v: Any, j: Any, kk: int) -> tuple[Any, Any]:

@@ -278,20 +278,16 @@ def _shorten_message_pull_backoff(initial_backoff: float = PULL_INITIAL_BACKOFF)
     ``initial_backoff`` and a cap of :data:`PULL_BACKOFF_CAP` is put in its place (no limit on the tries per
     object; Flower's limit on the total time stays).
     """
-    import functools
-
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode.runtime import run_clientapp as clientapp_main
 
-    original = inflatable_utils.pull_and_inflate_object_from_tree
-    current = getattr(clientapp_main, "pull_and_inflate_object_from_tree", None)
-    if isinstance(current, functools.partial) and current.func is original:
-        current = original  # already shortened: replace it with the new pause
-    if current is not original:
-        raise RuntimeError("flwr-clientapp no longer pulls its message with pull_and_inflate_object_from_tree")
-    clientapp_main.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[attr-defined]
-        original, initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, PULL_BACKOFF_CAP),
-        max_tries_per_object=None)
+    from fedsynth.common.rebind import rebind_with_defaults
+
+    rebind_with_defaults(
+        clientapp_main, "pull_and_inflate_object_from_tree", inflatable_utils.pull_and_inflate_object_from_tree,
+        changed="flwr-clientapp no longer pulls its message with pull_and_inflate_object_from_tree",
+        initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, PULL_BACKOFF_CAP), max_tries_per_object=None,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,20 +133,16 @@ def shorten_reply_pull_backoff(initial_backoff: float = REPLY_PULL_INITIAL_BACKO
     Raises:
         RuntimeError: the installed flwr's grid no longer pulls objects with ``pull_objects``.
     """
-    import functools
-
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.superlink.grid import http_grid
 
-    original = inflatable_utils.pull_objects
-    current = getattr(http_grid, "pull_objects", None)
-    if isinstance(current, functools.partial) and current.func is original:
-        current = original  # already shortened: replace it with the new pauses
-    if current is not original:
-        raise RuntimeError("flwr's HttpGrid no longer pulls reply objects with pull_objects")
-    http_grid.pull_objects = functools.partial(  # type: ignore[attr-defined]
-        original, initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, backoff_cap),
-        max_tries_per_object=None)
+    from fedsynth.common.rebind import rebind_with_defaults
+
+    rebind_with_defaults(
+        http_grid, "pull_objects", inflatable_utils.pull_objects,
+        changed="flwr's HttpGrid no longer pulls reply objects with pull_objects",
+        initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, backoff_cap), max_tries_per_object=None,
+    )
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, expected: float | None = None,

@@ -1,0 +1,35 @@
+"""Tests for fedsynth.common.rebind: new defaults for a function another module imported by name."""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import pytest
+
+from fedsynth.common.rebind import rebind_with_defaults
+
+
+def pull(*, backoff: float = 1.0, cap: float = 10.0) -> tuple[float, float]:
+    return backoff, cap
+
+
+def test_rebinds_and_a_second_call_replaces_the_first() -> None:
+    # Arrange: a module that imported ``pull`` by name
+    mod = types.ModuleType("client")
+    mod.pull = pull  # type: ignore[attr-defined]
+    # Act / Assert
+    rebind_with_defaults(mod, "pull", pull, changed="moved", backoff=0.1)
+    assert mod.pull() == (0.1, 10.0)
+    rebind_with_defaults(mod, "pull", pull, changed="moved", cap=0.5)
+    assert mod.pull() == (1.0, 0.5)  # not stacked on the first call's arguments
+    assert isinstance(mod.pull, functools.partial) and mod.pull.func is pull
+
+
+@pytest.mark.parametrize("current", [None, print], ids=["missing", "another-function"])
+def test_refuses_when_the_module_no_longer_uses_the_function(current: object) -> None:
+    mod = types.ModuleType("client")
+    if current is not None:
+        mod.pull = current  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="flwr moved it"):
+        rebind_with_defaults(mod, "pull", pull, changed="flwr moved it", backoff=0.1)
