@@ -113,7 +113,7 @@ class ForkExecutor:
     """
 
     def __init__(self, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
-        from fedsynth.cli.polling import GrowingPause
+        from fedsynth.common.polling import GrowingPause
 
         self.children: dict[int, int] = {}  # pid -> task id of the running children
         self.exit_codes: dict[int, int] = {}  # task id -> exit code of the finished ones (last 100)
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from flwr.supercore.auth import load_superexec_auth_secret
     from flwr.supercore.superexec import run_superexec as superexec_module
 
-    from fedsynth.cli.polling import SleepOverride
+    from fedsynth.common.polling import SleepOverride
 
     _shorten_message_pull_backoff()
 

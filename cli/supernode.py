@@ -15,7 +15,7 @@ pauses, taken from the environment:
 After a round's reply the next message usually follows within a second (the slowest site's reply, aggregation,
 the push), so the idle poll is not fixed: it starts at the reply poll interval once a reply has been awaited and
 grows by 3% of the time since, up to ``FEDSYNTH_SUPERNODE_POLL_INTERVAL``
-(:class:`~fedsynth.cli.polling.GrowingPause`). A site idle for longer than ~15 s polls every 0.5 s as before.
+(:class:`~fedsynth.common.polling.GrowingPause`). A site idle for longer than ~15 s polls every 0.5 s as before.
 
 Everything else (flags, TLS, node authentication, isolation modes, exit codes) is Flower's.
 """
@@ -25,9 +25,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
-from fedsynth.cli.polling import GrowingPause
+from fedsynth.common.polling import GrowingPause, SleepOverride
 
 __all__ = ["PollClock", "install", "main", "IDLE_POLL_ENV", "REPLY_POLL_ENV"]
 
@@ -40,7 +39,7 @@ FLOWER_IDLE_POLL = 3.0
 FLOWER_REPLY_POLL = 0.5
 
 
-class PollClock:
+class PollClock(SleepOverride):
     """Stands in for the ``time`` module inside Flower's SuperNode loop: shortens its two fixed pauses.
 
     ``sleep(0.5)`` (reply wait) becomes ``sleep(reply)`` and marks activity; ``sleep(3)`` (idle poll) becomes a
@@ -51,20 +50,18 @@ class PollClock:
     def __init__(self, idle: float, reply: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         if not (0 < idle <= 60 and 0 < reply <= 60):
             raise ValueError(f"poll intervals must be in (0, 60] s, got idle={idle}, reply={reply}")
+        super().__init__(self._pause)
         self.idle, self.reply = idle, reply
         self.idle_pause = GrowingPause(floor=min(reply, idle), cap=idle, clock=clock)
 
-    def sleep(self, seconds: float) -> None:
-        """Sleep, replacing Flower's fixed pauses by the configured ones."""
+    def _pause(self, seconds: float) -> float:
+        """Flower's fixed pauses replaced by the configured ones; any other pause unchanged."""
         if seconds == FLOWER_IDLE_POLL:
-            seconds = self.idle_pause.next()
-        elif seconds == FLOWER_REPLY_POLL:
+            return self.idle_pause.next()
+        if seconds == FLOWER_REPLY_POLL:
             self.idle_pause.mark()
-            seconds = self.reply
-        time.sleep(seconds)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
+            return self.reply
+        return seconds
 
 
 def _env_float(name: str, default: float) -> float:

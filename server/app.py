@@ -38,6 +38,7 @@ from fedsynth.common.errors import ConfigError
 from fedsynth.common.io import atomic_write_json
 from fedsynth.common.model import TabularUNet1D
 from fedsynth.common.packing import LAYOUT_CONFIG_KEY, PACKED_ARRAY_KEY, pack_state_dict, unpack_state_dict
+from fedsynth.common.polling import GrowingPause
 from fedsynth.common.prior import pretrain_public
 from fedsynth.common.schema import Schema
 from fedsynth.server.checkpoint import Checkpoint, load_checkpoint, new_run_key, save_checkpoint
@@ -160,20 +161,19 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float,
     """
     pending = {mid for mid in grid.push_messages(messages) if mid}
     start = time.monotonic()
-    quiet = min(0.75 * expected, timeout) if expected is not None else 0.0
+    if expected is not None:
+        time.sleep(min(0.75 * expected, timeout))
+    pause = GrowingPause(floor=min_interval, cap=max_interval)
+    pause.mark()
     replies: list[Message] = []
     while pending:
-        waited = time.monotonic() - start
-        if waited < quiet:
-            time.sleep(quiet - waited)
-            continue
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         waited = time.monotonic() - start
         if not pending or waited >= timeout:
             break
-        time.sleep(min(max_interval, min_interval + 0.03 * (waited - quiet), max(0.0, timeout - waited)))
+        time.sleep(min(pause.next(), max(0.0, timeout - waited)))
     return replies
 
 

@@ -5,7 +5,8 @@ SuperNode for the next ClientApp task. Right after a site has answered a round, 
 a second or so (the slowest site's reply, aggregation, the push); a site idle for long needs no fast poll. A
 :class:`GrowingPause` gives ``floor + growth * (seconds since the last activity)``, at most ``cap``: the next
 round is seen within about ``floor`` while an idle site polls every ``cap`` seconds. The ServerApp's reply poll
-(:func:`fedsynth.server.app.send_and_receive`) follows the same rule.
+(:func:`fedsynth.server.app.send_and_receive`) uses the same pauses, counted from the push of a round. The
+module is Flower-free, so the site agent (``cli``) and the ServerApp (``server``) share it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fedsynth.cli.polling import GrowingPause, SleepOverride
+from fedsynth.common.polling import GrowingPause, SleepOverride
 
 
 class FakeClock:
