@@ -191,7 +191,7 @@ class TorchExactIndex:
         self._state: _ClusterState | None = None
         self._data: np.ndarray | None = None
         self._faiss: tuple[Any, Any, float] | None = None
-        self._on_device: tuple[Any, Any, Any, Any] | None = None
+        self._centred_ref: tuple[Any, Any, Any] | None = None
 
     @property
     def ntotal(self) -> int:
@@ -202,7 +202,7 @@ class TorchExactIndex:
         self._state = None
         self._data = None
         self._faiss = None
-        self._on_device = None
+        self._centred_ref = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -277,14 +277,22 @@ class TorchExactIndex:
             self._state = _ClusterState(self._reference(), n_clusters, seed=self.seed)
         return self._state
 
-    def _brute(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
-        """Blocked brute force: float32 screening of every row, the ``kk`` best kept per query."""
+    def _centred(self, device: str = "cpu") -> tuple[Any, Any, Any]:
+        """The reference rows centred on their mean, the mean and the rows' squared norms, as float32 tensors on
+        ``device``; computed once and kept until :meth:`add` (every query chunk of a search reuses them)."""
         import torch
 
-        data = torch.from_numpy(self._reference())
-        mu = data.mean(0)
-        centred = data - mu
-        rn_all = (centred * centred).sum(1)
+        dev = torch.device(device)
+        if self._centred_ref is None or self._centred_ref[0].device != dev:
+            data = torch.from_numpy(self._reference()).to(dev)
+            mu = data.mean(0)
+            centred = data - mu
+            self._centred_ref = (centred, mu, (centred * centred).sum(1))
+        return self._centred_ref
+
+    def _brute(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
+        """Blocked brute force: float32 screening of every row, the ``kk`` best kept per query."""
+        centred, mu, rn_all = self._centred()
         q_all = qc - mu
         qn_all = (q_all * q_all).sum(1)
         best_v, best_i = _screen(q_all, qn_all, centred, rn_all, kk, self.block, max(1, self.block // 4))
@@ -296,14 +304,8 @@ class TorchExactIndex:
         Returns the candidates and the error bound on the CPU, for :meth:`_refine`."""
         import torch
 
-        dev = torch.device(self.device)
-        if self._on_device is None:
-            data = torch.from_numpy(self._reference()).to(dev)
-            mu = data.mean(0)
-            centred = data - mu
-            self._on_device = (centred, mu, (centred * centred).sum(1))
-        centred, mu, rn_all = self._on_device
-        q_all = qc.to(dev) - mu
+        centred, mu, rn_all = self._centred(self.device)
+        q_all = qc.to(centred.device) - mu
         qn_all = (q_all * q_all).sum(1)
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # TF32's 10-bit mantissa would break the error bound
@@ -321,9 +323,8 @@ class TorchExactIndex:
         import torch
 
         if self._faiss is None:
-            data = torch.from_numpy(self._reference())
-            mu = data.mean(0)
-            centred = (data - mu).numpy()
+            centred_t, mu, _ = self._centred()
+            centred = centred_t.numpy()
             index = faiss.IndexFlatL2(self.dim)
             index.add(centred)
             self._faiss = (index, mu, float((centred.astype(np.float64) ** 2).sum(1).max()))
@@ -340,12 +341,10 @@ class TorchExactIndex:
         are much cheaper than ``topk``); those are measured exactly, so no row is ever unsure."""
         import torch
 
+        centred, mu, rn_all = self._centred()
         data = torch.from_numpy(self._reference())
-        mu = data.mean(0)
         q_all = qc - mu
         qn_all = (q_all * q_all).sum(1)
-        centred = data - mu
-        rn_all = (centred * centred).sum(1)
         tol = _gamma(self.dim) * (qn_all + rn_all.max())
         best = torch.full((len(qc),), float("inf"))
         rows, cols, vals = [], [], []
