@@ -86,6 +86,13 @@ def _request(schema: Schema) -> tuple[RecordDict, dict]:
     return content, {k: tuple(v.shape) for k, v in state.items()}
 
 
+def _site_file(tmp: Path, df: pd.DataFrame) -> Path:
+    """Write the site's table where its node config points."""
+    data = tmp / "site.csv"
+    df.to_csv(data, index=False)
+    return data
+
+
 def _context(tmp: Path, data: Path, budget: float = 100.0) -> Context:
     node_config = {"site-id": "site-a", "data-path": str(data), "epsilon-budget": budget,
                    "ledger-path": str(tmp / "state" / "ledger.json")}
@@ -115,8 +122,7 @@ def test_train_reply_carries_only_weights_and_scalar_metrics(tmp_path: Path) -> 
     # Arrange
     schema = _schema()
     df = _table()
-    data = tmp_path / "site.csv"
-    df.to_csv(data, index=False)
+    data = _site_file(tmp_path, df)
     content, shapes = _request(schema)
 
     # Act
@@ -158,8 +164,7 @@ def test_validation_refusal_names_row_and_column_but_no_cell(tmp_path: Path) -> 
     df["lactate"] = df["lactate"].astype(object)
     df.loc[3, "lactate"] = 987.654321
     df.loc[5, "ward"] = "wardSECRETxyz"
-    data = tmp_path / "site.csv"
-    df.to_csv(data, index=False)
+    data = _site_file(tmp_path, df)
     content, _ = _request(schema)
 
     # Act
@@ -176,8 +181,7 @@ def test_validation_refusal_names_row_and_column_but_no_cell(tmp_path: Path) -> 
 def test_budget_refusal_carries_no_rows(tmp_path: Path) -> None:
     schema = _schema()
     df = _table()
-    data = tmp_path / "site.csv"
-    df.to_csv(data, index=False)
+    data = _site_file(tmp_path, df)
     content, _ = _request(schema)
 
     reply = client_app(_message(content), _context(tmp_path, data, budget=1e-6))
@@ -193,8 +197,7 @@ def test_packed_request_gets_a_packed_reply_with_the_same_layout_and_no_rows(tmp
 
     schema = _schema()
     df = _table()
-    data = tmp_path / "site.csv"
-    df.to_csv(data, index=False)
+    data = _site_file(tmp_path, df)
     content, shapes = _request(schema)
     flat, layout = pack_state_dict(content["arrays"].to_torch_state_dict())
     content["arrays"] = ArrayRecord({PACKED_ARRAY_KEY: flat})
