@@ -4,7 +4,7 @@ Opacus' ``hooks`` mode builds every row's gradient of every parameter; its ``gho
 norms without building them but then needs a second backward pass to form the clipped sum. This engine needs one
 forward and one backward pass, and the backward pass computes no weight gradients at all:
 
-1. During the forward pass a hook keeps each parametrised layer's input ``a`` and output ``z``.
+1. During the forward pass each parametrised layer's (wrapped) forward keeps its input ``a`` and output ``z``.
 2. ``torch.autograd.grad(sum_n loss_n, [z for each layer])`` gives the output gradients ``g`` only (the
    weights are not asked for, so autograd skips their gradients, the bulk of a normal backward pass).
 3. Per layer, each row's gradient norm comes from ``(a, g)``: ``||a_n|| ||g_n||`` for ``Linear`` (the ghost-norm
@@ -231,6 +231,8 @@ class _GroupNormRule(_Rule):
         return clipped
 
 
+_UNSET = object()  # a layer had no instance-level forward before the clipper wrapped it
+
 _RULES: dict[type[nn.Module], type[_Rule]] = {
     nn.Linear: _LinearRule,
     nn.Conv1d: _Conv1dRule,
@@ -279,21 +281,37 @@ class BookkeepingClipper:
         self._group_norms = [r for r in self._rules.values() if isinstance(r, _GroupNormRule) and r.want_w]
         self._records: list[tuple[nn.Module, Tensor, Tensor]] = []
         self._capturing = False
-        self._handles = [m.register_forward_hook(self._hook) for m in self._rules]
+        # each layer's forward is wrapped on the instance rather than given a forward hook: a module with hooks
+        # takes PyTorch's slow call path; across the denoiser's 48 layers the hooks' forward pass took 0.3-1.6 ms
+        # per step longer than the wrapped one (four same-process A/Bs, batch 480)
+        self._wrapped: list[tuple[nn.Module, object]] = []
+        for m in self._rules:
+            self._wrapped.append((m, m.__dict__.get("forward", _UNSET)))
+            m.forward = self._recording_forward(m)
 
-    def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        if self._capturing:
-            self._records.append((module, inputs[0].detach(), output))
+    def _recording_forward(self, module: nn.Module) -> Callable[..., Tensor]:
+        inner = module.forward  # the class's forward, or an instance-level one set before ours
+
+        def forward(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+            out = inner(x, *args, **kwargs)
+            if self._capturing:
+                self._records.append((module, x.detach(), out))
+            return out
+
+        return forward
 
     def capture(self) -> _Capture:
         """Context manager: record the layers' inputs and outputs of the forward pass run inside it."""
         return _Capture(self)
 
     def remove(self) -> None:
-        """Remove the forward hooks."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Give every layer its own forward back (the one it had before this clipper)."""
+        for m, before in reversed(self._wrapped):
+            if before is _UNSET:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = before
+        self._wrapped = []
 
     def _check_group_norm_scales(self) -> None:
         """Set each GroupNorm rule's ``invert`` flag: all ``|gamma| >= _GN_INVERT_MIN``, in one pass for all."""

@@ -246,6 +246,13 @@ def _merged_history(history: list[Any]) -> list[tuple[float, float, int]]:
     return merged
 
 
+def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam for ``model``, the fused single-kernel form (CPU and CUDA). PyTorch's default on the CPU updates the
+    denoiser's ~100 tensors with ~10 Python-dispatched operations each: ~2.3 ms a step on one core, against
+    ~0.4 ms fused (same update up to float rounding)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
 class _EmaWeights:
     """Exponential moving average of a model's parameters (buffers are taken from the live model)."""
 
@@ -360,7 +367,7 @@ def train_dp(
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     work = copy.deepcopy(model).to(dev)
     work.train()
-    optimizer = torch.optim.Adam(work.parameters(), lr=lr)
+    optimizer = _adam(work, lr)
     loader = DataLoader(TensorDataset(x), batch_size=bs, generator=gen)
     noise_gen = torch.Generator(device=dev).manual_seed(seed + 1) if (seed is not None and not secure_mode) else None
     q = 1.0 / len(loader)  # Opacus' Poisson sampling rate for this loader, as make_private derives it
@@ -482,7 +489,7 @@ def train_nonprivate(
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     work = copy.deepcopy(model).to(dev)
     work.train()
-    optimizer = torch.optim.Adam(work.parameters(), lr=lr)
+    optimizer = _adam(work, lr)
     scheduler = DDPMScheduler(scheduler_config)
     losses: list[float] = []
     while len(losses) < steps:

@@ -29,7 +29,7 @@ N_FEATURES = 7
 
 @pytest.fixture(autouse=True)
 def _sgd_instead_of_adam(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr: torch.optim.SGD(params, lr=lr))
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr, **_: torch.optim.SGD(params, lr=lr))
 
 
 @pytest.fixture(autouse=True)

@@ -204,6 +204,32 @@ def test_empty_batch_gives_zero_gradients() -> None:
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
 
+def test_remove_gives_each_layer_its_own_forward_back_and_records_nothing_outside_capture() -> None:
+    # Arrange: one layer already has an instance-level forward of its own (doubling its output)
+    model = _ConvZoo()
+    plain = model.lin_out.forward
+    model.lin_out.forward = lambda h: 2 * plain(h)
+    own = model.lin_out.forward
+    x = torch.randn(3, 5)
+    want = model(x)
+    clipper = BookkeepingClipper(model, max_grad_norm=1.0)
+
+    # Act
+    outside = model(x)
+    recorded_outside = len(clipper._records)
+    with clipper.capture():
+        inside = model(x)
+    recorded_inside = len(clipper._records)
+    clipper.remove()
+
+    # Assert: same outputs wrapped, the earlier forward kept, and no instance-level forward left on the others
+    assert torch.equal(outside, want) and torch.equal(inside, want)
+    assert recorded_outside == 0 and recorded_inside == 7  # the layers with parameters (not norm_plain)
+    assert model.lin_out.forward is own
+    assert all("forward" not in m.__dict__ for m in model.modules() if m is not model.lin_out)
+    assert torch.equal(model(x), want)
+
+
 def test_unsupported_layer_is_refused_by_name() -> None:
     # Arrange
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
