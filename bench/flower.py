@@ -166,9 +166,65 @@ def rounds_from_checkpoint(output_dir: Path) -> tuple[Rounds, float]:
     return Rounds(tuple(seconds), tuple(site_seconds)), first["aggregated_at"] - first["started_at"]
 
 
+#: Roles of the federation's long-lived processes, by a word of their command line (first match wins).
+CPU_ROLES = (("flower-superlink", "SuperLink"), ("fedsynth.cli.supernode", "SuperNodes"),
+             ("flower-supernode", "SuperNodes"), ("fedsynth.cli.executor", "executors"),
+             ("fedsynth.cli.site_agent", "site agents"), ("flower-superexec", "SuperExec"))
+
+
+def process_cpu(root_pid: int) -> dict[str, tuple[float, float]] | None:
+    """CPU seconds of ``root_pid``'s descendants, summed by role (:data:`CPU_ROLES`): ``(own, reaped children)``.
+
+    Read from ``/proc`` (Linux); ``None`` elsewhere. A role's own time is its processes' ``utime + stime``; the
+    children's is ``cutime + cstime``, the children they have waited for: a warm executor's forked ClientApps (the
+    sites' training) and the SuperExec's ServerApp show up there once they have exited.
+    """
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, list[str], str]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), fields, cmd)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[str, tuple[float, float]] = {}
+    todo = list(children.get(root_pid, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        _, fields, cmd = stats[pid]
+        role = next((name for word, name in CPU_ROLES if word in cmd), None)
+        if role is None:
+            continue
+        own = (int(fields[11]) + int(fields[12])) / tick
+        reaped = (int(fields[13]) + int(fields[14])) / tick
+        before = out.get(role, (0.0, 0.0))
+        out[role] = (before[0] + own, before[1] + reaped)
+    return out
+
+
+def cpu_per_round(before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None,
+                  rounds: int) -> dict[str, tuple[float, float]]:
+    """Per role, ``(own, reaped children)`` CPU seconds per round between two :func:`process_cpu` snapshots."""
+    if before is None or after is None:
+        return {}
+    return {role: ((own - before.get(role, (0.0, 0.0))[0]) / rounds, (kids - before.get(role, (0.0, 0.0))[1]) / rounds)
+            for role, (own, kids) in after.items()}
+
+
 def _federation(root: Path, sites: list[Any], schema_path: Path, run_config: dict[str, Any], *, warm: bool,
-                rounds: int) -> tuple[float, float, Rounds, float]:
-    """Start a federation and run ``rounds`` rounds; return (start-up s, run s, timed rounds, round 1 s)."""
+                rounds: int) -> tuple[float, float, Rounds, float, dict[str, tuple[float, float]]]:
+    """Start a federation and run ``rounds`` rounds; return (start-up s, run s, timed rounds, round 1 s, CPU per
+    round by role from :func:`cpu_per_round`)."""
     from fedsynth.cli.federation import Federation
 
     tag = "warm" if warm else "stock"
@@ -177,15 +233,17 @@ def _federation(root: Path, sites: list[Any], schema_path: Path, run_config: dic
         start = time.perf_counter()
         fed.start(sites)  # waits until the site agents' executors have done their imports
         startup = time.perf_counter() - start
+        cpu_before = process_cpu(os.getpid())
         start = time.perf_counter()
         run_id = fed.submit(run_config={**run_config, "num-server-rounds": rounds, "output-dir": str(output_dir),
                                         "schema-path": str(schema_path)})
         status = fed.wait(run_id, timeout=1800)
         run_seconds = time.perf_counter() - start
+        cpu = cpu_per_round(cpu_before, process_cpu(os.getpid()), rounds)
         if status != "finished:completed":
             raise RuntimeError(f"bench federation ({tag}) ended with status {status}")
     timed, first = rounds_from_checkpoint(output_dir)
-    return startup, run_seconds, timed, first
+    return startup, run_seconds, timed, first, cpu
 
 
 def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool = True,
@@ -200,7 +258,7 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
                   "noise-multiplier": 1.0, "min-train-nodes": 2, "min-available-nodes": 2,
                   "public-pretrain-steps": 0}
     modes = [True, False] if stock and not quick else [True]
-    feds: dict[bool, tuple[float, float, Rounds, float]] = {}
+    feds: dict[bool, tuple[float, float, Rounds, float, dict[str, tuple[float, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         root = Path(tmp)
         paths, schema_path = _write_sites(root, 2)
@@ -233,7 +291,7 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
                     f"medians {', '.join(f'{b[1].median:.2f}' for b in locals_)} s ({blocks})"),
     ]
     for warm in modes:
-        startup, run_seconds, fed, first = feds[warm]
+        startup, run_seconds, fed, first, cpu = feds[warm]
         what = "fedsynth site-agent" if warm else "stock flower-supernode"
         how = ("--isolation process, ClientApps forked from a warm executor" if warm
                else "one fresh flwr-clientapp process per message, 3 s idle poll")
@@ -254,4 +312,13 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
             Figure("flower", f"SuperLink + 2 {'site agents' if warm else 'SuperNodes'} start-up", startup, "s",
                    note="once per federation, not per round" + ("; includes the executors' imports" if warm else "")),
         ]
+        infra = {role: own for role, (own, _) in cpu.items()}
+        if infra:
+            training = sum(kids for role, (_, kids) in cpu.items() if role == "executors")
+            parts = ", ".join(f"{role} {own:.2f}" for role, own in sorted(infra.items(), key=lambda kv: -kv[1]))
+            figures.append(Figure(
+                "flower", f"CPU of Flower's own processes per round, {what}", sum(infra.values()), "s",
+                note=f"{parts} (own CPU, whole run / rounds); "
+                     + (f"the sites' ClientApps {training:.2f} s; " if training else "")
+                     + "on this box they share the cores with the sites' training"))
     return figures

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,31 @@ def test_unknown_section_is_a_usage_error() -> None:
     # Assert
     assert proc.returncode == 2
     assert "unknown section" in proc.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_process_cpu_sums_a_descendants_cpu_by_role() -> None:
+    # Arrange: a child that burns 0.3 s of CPU, then waits; its command line names it a SuperLink
+    from bench.flower import cpu_per_round, process_cpu
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(60)"
+    before = process_cpu(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", burn, "flower-superlink"])
+    try:
+        # Act
+        deadline = time.monotonic() + 60
+        after = process_cpu(os.getpid()) or {}
+        while after.get("SuperLink", (0.0, 0.0))[0] < 0.3:
+            assert time.monotonic() < deadline, "the child never burnt its CPU"
+            time.sleep(0.05)
+            after = process_cpu(os.getpid()) or {}
+        per_round = cpu_per_round(before, after, 2)
+    finally:
+        child.kill()
+        child.wait()
+
+    # Assert
+    assert "SuperLink" not in (before or {})
+    assert 0.3 <= after["SuperLink"][0] < 5
+    assert per_round["SuperLink"][0] == pytest.approx(after["SuperLink"][0] / 2)
+    assert cpu_per_round(None, after, 2) == {}
