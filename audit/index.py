@@ -3,6 +3,7 @@ reference backend."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -162,6 +163,8 @@ class TorchExactIndex:
 
     #: below this many reference rows, pruning does not pay: blocked brute force
     MIN_ROWS_TO_CLUSTER = 8192
+    #: queries of the first chunk of a pruned search, on which it is decided whether pruning pays
+    PROBE_QUERIES = 4096
     #: queries and rows per tile of the GPU screening: a (tile x tile) float32 distance matrix, 1 GiB
     DEVICE_BLOCK = 16384
 
@@ -244,8 +247,12 @@ class TorchExactIndex:
         q_t = torch.from_numpy(queries)
         # the pruned path holds a (queries x clusters) float32 matrix: about 512 MB at most
         chunk = max(1, (1 << 27) // state.n_clusters) if state else 65536
-        for s in range(0, m, chunk):
-            qc = q_t[s : s + chunk]
+        # the first chunk of a pruned search is a probe of at most PROBE_QUERIES: where pruning does not pay
+        # (queries far from every reference row), that is found out on it rather than on all the queries
+        probe = min(self.PROBE_QUERIES, chunk) if state is not None else chunk
+        bounds = [0, *range(probe, m, chunk), m]
+        for s, e in pairwise(bounds):
+            qc = q_t[s:e]
             cand_v, cand_i, tol = None, None, None
             if state is not None:
                 got = state.search(qc, k, kk)

@@ -167,6 +167,34 @@ def test_pruning_skips_work_and_falls_back_when_it_cannot(monkeypatch: pytest.Mo
     np.testing.assert_array_equal(i[:300], i_ref)
 
 
+def test_pruning_is_tried_on_a_probe_of_queries_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: spy on the pruned search's query chunks; probe of 500 queries
+    monkeypatch.setattr(TorchExactIndex, "PROBE_QUERIES", 500)
+    chunks: list[int] = []
+    orig = index_mod._ClusterState.search
+
+    def spy(self: object, qc: np.ndarray, *a: object) -> object:
+        chunks.append(len(qc))
+        return orig(self, qc, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_mod._ClusterState, "search", spy)
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(-1, 1, size=(9000, 40)).astype(np.float32)
+    far = rng.uniform(-1, 1, size=(2500, 40)).astype(np.float32)
+    data, near = clumpy(12_000, 16, seed=1, centres=300), clumpy(3000, 16, seed=2, centres=300)
+
+    # Act
+    got_far = torch_index(uniform, use_faiss=False).search(far, 1)
+    chunks_far, chunks[:] = list(chunks), []
+    got_near = torch_index(data).search(near, 1)
+
+    # Assert: where pruning does not pay only the probe was tried; where it pays, the probe and then the rest
+    assert chunks_far == [500]
+    assert chunks == [500, 2500]
+    assert_same((got_far[0][:300], got_far[1][:300]), exact(uniform, far[:300], 1))
+    assert_same((got_near[0][:300], got_near[1][:300]), exact(data, near[:300], 1))
+
+
 def test_make_index_backends_and_threads() -> None:
     import torch
 
