@@ -181,10 +181,12 @@ class _Conv1dRule(_Rule):
         def clipped(c: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
             total = torch.mv(gs.t(), c).view(c_out, -1)
             grads = []
+            # contiguous copies, not strided views of ``total``: fused optimizer kernels (e.g. Adam(fused=True))
+            # read ``p.grad`` as laid out like ``p`` and silently misapply a transposed or strided gradient
             if want_w:
-                grads.append((layer.weight, total[:, :cols].view(c_out, ks, c_in).transpose(1, 2)))
+                grads.append((layer.weight, total[:, :cols].view(c_out, ks, c_in).transpose(1, 2).contiguous()))
             if want_b:
-                grads.append((layer.bias, total[:, cols]))
+                grads.append((layer.bias, total[:, cols].contiguous()))
             return grads
 
         return clipped

@@ -230,6 +230,29 @@ def test_remove_gives_each_layer_its_own_forward_back_and_records_nothing_outsid
     assert torch.equal(model(x), want)
 
 
+def test_gradients_are_laid_out_like_their_parameters_so_a_fused_adam_step_matches() -> None:
+    # Arrange: the same clipped step on two copies of the U-Net
+    torch.manual_seed(0)
+    models = [TabularUNet1D(tiny_model_config(7)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x, t = torch.randn(16, 7), torch.randint(0, 50, (16,))
+    for model in models:
+        clipper = BookkeepingClipper(model, max_grad_norm=1.0)
+        with clipper.capture():
+            loss = _per_row_loss(model, x, x, t)
+        clipper.backward(loss)
+        clipper.remove()
+
+    # Act: a fused and a multi-tensor Adam step (the fused kernel reads a gradient as laid out like its parameter)
+    torch.optim.Adam(models[0].parameters(), lr=0.1, fused=True).step()
+    torch.optim.Adam(models[1].parameters(), lr=0.1, foreach=True).step()
+
+    # Assert
+    assert all(p.grad.is_contiguous() and p.grad.stride() == p.stride() for p in models[0].parameters())
+    for fused, plain in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
 def test_unsupported_layer_is_refused_by_name() -> None:
     # Arrange
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
