@@ -238,7 +238,7 @@ class TorchExactIndex:
             q_t = torch.from_numpy(queries)
             for s in range(0, m, 65536):
                 qc = q_t[s : s + 65536]
-                cand_v, cand_i, tol = self._brute_device(qc, kk)
+                cand_v, cand_i, tol = self._brute(qc, kk, on_device=True)
                 out_d[s : s + len(qc)], out_i[s : s + len(qc)] = self._refine(
                     queries[s : s + len(qc)], cand_v, cand_i, tol, k
                 )
@@ -297,27 +297,20 @@ class TorchExactIndex:
             self._centred_ref = (centred, mu, (centred * centred).sum(1))
         return self._centred_ref
 
-    def _brute(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
-        """Blocked brute force: float32 screening of every row, the ``kk`` best kept per query."""
-        centred, mu, rn_all = self._centred()
-        q_all = qc - mu
-        qn_all = (q_all * q_all).sum(1)
-        best_v, best_i = _screen(q_all, qn_all, centred, rn_all, kk, self.block, max(1, self.block // 4))
-        tol = _gamma(self.dim) * (qn_all + rn_all.max())
-        return best_v, best_i, tol
-
-    def _brute_device(self, qc: Any, kk: int) -> tuple[Any, Any, Any]:
-        """:meth:`_brute` on ``self.device`` (a GPU) with large tiles; the reference is copied there once.
-        Returns the candidates and the error bound on the CPU, for :meth:`_refine`."""
+    def _brute(self, qc: Any, kk: int, *, on_device: bool = False) -> tuple[Any, Any, Any]:
+        """Blocked brute force: float32 screening of every row, the ``kk`` best kept per query, and the error
+        bound. ``on_device``: on ``self.device`` (a GPU; the reference is copied there once) with large tiles and
+        TF32 off; the results come back to the CPU, for :meth:`_refine`."""
         import torch
 
-        centred, mu, rn_all = self._centred(self.device)
+        centred, mu, rn_all = self._centred(self.device if on_device else "cpu")
         q_all = qc.to(centred.device) - mu
         qn_all = (q_all * q_all).sum(1)
+        r_block, q_block = (self.DEVICE_BLOCK,) * 2 if on_device else (self.block, max(1, self.block // 4))
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # TF32's 10-bit mantissa would break the error bound
         try:
-            best_v, best_i = _screen(q_all, qn_all, centred, rn_all, kk, self.DEVICE_BLOCK, self.DEVICE_BLOCK)
+            best_v, best_i = _screen(q_all, qn_all, centred, rn_all, kk, r_block, q_block)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
         tol = _gamma(self.dim) * (qn_all + rn_all.max())

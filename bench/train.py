@@ -53,11 +53,6 @@ def _rate_dp(
     return r.steps * r.sample_rate * len(data) / (clock() - start)
 
 
-def _dp_timer(model: TabularUNet1D, data: np.ndarray, cfg: RunConfig, steps: int, mode: str, clock,
-              device: str):
-    return lambda: _rate_dp(model, data, cfg, steps, mode, clock, device)
-
-
 def candidate_configs(n_features: int, quick: bool) -> dict[str, ModelConfig]:
     """The default denoiser and leaner alternatives (same topology, fewer per-sample-gradient entries)."""
     base = default_model_config(n_features)
@@ -84,7 +79,7 @@ def _pair(label: str, mode: str, quick: bool, device: str, batch_size: int, thre
     rates = interleaved(
         {
             "non-private": lambda: _rate_np(model, data, cfg, steps, clock, device),
-            "dp": _dp_timer(model, data, cfg, steps, mode, clock, device),
+            "dp": lambda: _rate_dp(model, data, cfg, steps, mode, clock, device),
         },
         repeats=repeats,
         warmup=0 if quick else 1,
