@@ -181,12 +181,10 @@ class _Conv1dRule(_Rule):
         def clipped(c: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
             total = torch.mv(gs.t(), c).view(c_out, -1)
             grads = []
-            # contiguous copies, not strided views of ``total``: fused optimizer kernels (e.g. Adam(fused=True))
-            # read ``p.grad`` as laid out like ``p`` and silently misapply a transposed or strided gradient
             if want_w:
-                grads.append((layer.weight, total[:, :cols].view(c_out, ks, c_in).transpose(1, 2).contiguous()))
+                grads.append((layer.weight, total[:, :cols].view(c_out, ks, c_in).transpose(1, 2)))
             if want_b:
-                grads.append((layer.bias, total[:, cols].contiguous()))
+                grads.append((layer.bias, total[:, cols]))
             return grads
 
         return clipped
@@ -361,7 +359,10 @@ class BookkeepingClipper:
         c = (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)
         for clipped in parts:
             for p, grad in clipped(c):
-                p.grad = grad
+                # a rule may return a strided view (Conv1d: a transposed weight sum, a bias column); fused
+                # optimizer kernels (e.g. Adam(fused=True)) read p.grad as laid out like p and would silently
+                # misapply it, so every gradient is handed out contiguous (a no-op for those that are)
+                p.grad = grad.contiguous()
         for module in self._rules:  # layers that did not run this pass get a zero sum
             if module not in ran:
                 for p in module.parameters(recurse=False):
