@@ -47,8 +47,9 @@ def assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.n
 
 PATHS = {
     "pruned": {"n_clusters": 12},
-    "brute-torch": {"n_clusters": 0, "use_faiss": False, "block": 97},
-    "brute-faiss": {"n_clusters": 0, "use_faiss": True},
+    "brute-torch": {"n_clusters": 0, "use_faiss": False, "use_int8": False, "block": 97},
+    "brute-faiss": {"n_clusters": 0, "use_faiss": True, "use_int8": False},
+    "brute-int8": {"n_clusters": 0, "use_faiss": False, "block": 97},  # k = 1; others as brute-torch
     "brute-device": {"device_path": True},
 }
 
@@ -116,11 +117,12 @@ def test_duplicated_references_tie_to_lowest_index(path: str) -> None:
     clusters=st.sampled_from([0, 2, 5, 23]),
     block=st.sampled_from([7, 64, 4096]),
     use_faiss=st.booleans(),
+    use_int8=st.booleans(),
     dup=st.booleans(),
     seed=st.integers(0, 10**6),
 )
 def test_random_cases_match_numpy(
-    n: int, m: int, d: int, k: int, clusters: int, block: int, use_faiss: bool, dup: bool, seed: int
+    n: int, m: int, d: int, k: int, clusters: int, block: int, use_faiss: bool, use_int8: bool, dup: bool, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     data = clumpy(n, d, seed, centres=int(rng.integers(1, 20)))
@@ -129,7 +131,7 @@ def test_random_cases_match_numpy(
         data[n // 2 :] = data[: n - n // 2]
         queries[: min(m, n) // 2] = data[: min(m, n) // 2]
     k = min(k, n)
-    idx = torch_index(data, n_clusters=clusters, block=block, use_faiss=use_faiss)
+    idx = torch_index(data, n_clusters=clusters, block=block, use_faiss=use_faiss, use_int8=use_int8)
     d_t, i_t = idx.search(queries, k)
     d_n, _ = exact(data, queries, k)
     np.testing.assert_allclose(d_t, d_n, rtol=1e-9, atol=1e-6)
@@ -141,7 +143,7 @@ def test_random_cases_match_numpy(
 
 def test_pruning_skips_work_and_falls_back_when_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    for name in ("_brute", "_brute_band", "_brute_faiss"):
+    for name in ("_brute", "_brute_band", "_brute_faiss", "_int8_band"):
         orig = getattr(TorchExactIndex, name)
 
         def spy(self: TorchExactIndex, *a: object, _orig: object = orig, _name: str = name) -> object:
@@ -161,10 +163,12 @@ def test_pruning_skips_work_and_falls_back_when_it_cannot(monkeypatch: pytest.Mo
     data = rng.uniform(-1, 1, size=(9000, 40)).astype(np.float32)
     queries = rng.uniform(-1, 1, size=(2500, 40)).astype(np.float32)
     d, i = torch_index(data, use_faiss=False).search(queries, 1)
-    assert calls == ["_brute_band"]
+    d8, i8 = torch_index(data, use_faiss=False, use_int8=False).search(queries, 1)
+    assert calls == ["_int8_band", "_brute_band"]
     d_ref, i_ref = exact(data, queries[:300], 1)
-    np.testing.assert_allclose(d[:300], d_ref, atol=1e-6)
-    np.testing.assert_array_equal(i[:300], i_ref)
+    for got_d, got_i in ((d, i), (d8, i8)):
+        np.testing.assert_allclose(got_d[:300], d_ref, atol=1e-6)
+        np.testing.assert_array_equal(got_i[:300], i_ref)
 
 
 def test_pruning_is_tried_on_a_probe_of_queries_first(monkeypatch: pytest.MonkeyPatch) -> None:
