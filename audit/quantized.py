@@ -56,12 +56,14 @@ class Int8Screen:
     Attributes:
         GROUP: rows per group of the first pass (see :meth:`band_search`).
         MIN_REVISIT: groups per query the second pass may always revisit.
+        TOP_ENTRIES: (query, group) maxima held at a time (int32: 64 MiB); more queries go in chunks.
         scale: grid step ``s`` (``max |x| / 127`` of the reference).
         width: columns of the int8 rows: features, norm digits and zero padding to a multiple of 4.
     """
 
     GROUP = 512
     MIN_REVISIT = 16
+    TOP_ENTRIES = 1 << 24
 
     def __init__(self, data: np.ndarray) -> None:
         import torch
@@ -133,6 +135,23 @@ class Int8Screen:
         :attr:`MIN_REVISIT` per query) on average: rounding too coarse for these rows' distances, the caller screens
         another way.
         """
+        import torch
+
+        n_groups = -(-len(self.rows) // self.GROUP)
+        step = max(1, self.TOP_ENTRIES // n_groups)  # queries per chunk: bounds the (query, group) table
+        rows, cols = [], []
+        for s in range(0, len(q), step):
+            got = self._band_chunk(q[s : s + step], q_block=q_block, r_block=r_block, max_revisit=max_revisit)
+            if got is None:
+                return None
+            rows.append(got[0] + s)
+            cols.append(got[1])
+        return torch.cat(rows), torch.cat(cols)
+
+    def _band_chunk(
+        self, q: np.ndarray, *, q_block: int, r_block: int, max_revisit: float
+    ) -> tuple[Any, Any] | None:
+        """:meth:`band_search` for one chunk of queries."""
         import torch
 
         a, a_sq, err_q = self.queries(q)

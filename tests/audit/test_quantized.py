@@ -85,6 +85,7 @@ def test_tabular_rows_match_numpy_exactly(numeric: int, monkeypatch: pytest.Monk
     data = np.concatenate([base, base[:100]])
     queries = np.concatenate([base[:30], tabular(150, seed=4, numeric=numeric)])
     idx, answered = int8_index(data, monkeypatch)
+    monkeypatch.setattr(Int8Screen, "TOP_ENTRIES", 500)  # 42 groups: queries in chunks of 11
     # Act
     d, i = idx.search(queries, 1)
     # Assert: the int8 path answered, with NumPy's distances; copies at exactly 0, ties to the lower index
