@@ -140,7 +140,7 @@ class TorchExactIndex:
        ``||q - c|| - rho <= U`` (triangle inequality); all others are skipped. Where pruning
        would leave more than :attr:`_ClusterState.MAX_WORK_FRACTION` of the pairs (e.g. uniform,
        high-dimensional data, or a generator's rows, far from every real row; the pruned path is slower per
-       pair), the query chunk is screened against all rows instead. For ``k = 1`` (DCR) that is an int8 GEMM
+       pair), the query chunk is screened against all rows instead: by an int8 GEMM
        with exact integer products (:mod:`fedsynth.audit.quantized`, about 4x the float32 rate on a CPU), unless
        the rows' rounding leaves too many candidates; otherwise ``faiss.IndexFlatL2`` when faiss is
        installed (its fused kernel beats torch's ``topk``), else blocked torch GEMMs.
@@ -161,7 +161,7 @@ class TorchExactIndex:
         block: reference rows per block in the torch brute-force path (a quarter as many queries).
         seed: seed of the clustering (affects speed only, never results).
         use_faiss: screen with faiss (if installed) where pruning does not pay.
-        use_int8: for ``k = 1``, screen on int8 where pruning does not pay (if this torch has a CPU
+        use_int8: screen on int8 where pruning does not pay (if this torch has a CPU
             ``torch._int_mm``); set to ``False`` by the index itself once rounding proved too coarse for its rows.
         device: torch device of the float32 screening (``"cpu"``, ``"cuda"``). On a GPU every query is
             screened against every row (no clustering: brute force is fast there) in full float32 (TF32
@@ -275,8 +275,8 @@ class TorchExactIndex:
                     state = None  # pruning does not pay here: brute force for the other chunks too
                 else:
                     cand_v, cand_i, tol = got
-            if cand_v is None and k == 1 and self.use_int8 and _int_mm_available():
-                got_band = self._int8_band(queries[s:e])
+            if cand_v is None and self.use_int8 and _int_mm_available():
+                got_band = self._int8_band(queries[s:e], k)
                 if got_band is not None:
                     out_d[s:e], out_i[s:e] = got_band
                     continue
@@ -388,11 +388,11 @@ class TorchExactIndex:
                 vals.append(sub[i, j])
         row, col, val = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         keep = val <= (best + 2 * tol)[row]  # drop candidates a later block beat
-        return self._nearest_candidate(queries, row[keep], col[keep])
+        return self._nearest_candidates(queries, row[keep], col[keep])
 
-    def _int8_band(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Brute force for ``k = 1`` on the int8 grid (see :mod:`fedsynth.audit.quantized`): every row that may be
-        the nearest is kept and measured exactly. ``None`` where rounding leaves too many candidates (rows far
+    def _int8_band(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Brute force on the int8 grid (see :mod:`fedsynth.audit.quantized`): every row that may be among the
+        ``k`` nearest is kept and measured exactly. ``None`` where rounding leaves too many candidates (rows far
         coarser than their distances): the caller screens in float32 instead, and so do later chunks."""
         from fedsynth.audit.quantized import Int8Screen
 
@@ -404,17 +404,19 @@ class TorchExactIndex:
         got = self._int8.band_search(
             # a quarter as many queries per tile as the float32 paths: the int32 tile (256 x 4096) then stays in cache
             # between the product and its amax (20% faster than 1024 x 4096)
-            queries, q_block=max(1, self.block // 16), r_block=self.block,
+            queries, k, q_block=max(1, self.block // 16), r_block=self.block,
             max_revisit=self.MAX_INT8_REVISIT,
         )
         if got is None:
             self.use_int8 = False
             return None
-        return self._nearest_candidate(queries, *got)
+        return self._nearest_candidates(queries, *got, k=k)
 
-    def _nearest_candidate(self, queries: np.ndarray, row: Any, col: Any) -> tuple[np.ndarray, np.ndarray]:
-        """For ``k = 1``: each query's nearest among its candidate rows (``row``: query index, ``col``: reference
-        index; every query has at least one), measured exactly in float64, ties to the lower index."""
+    def _nearest_candidates(
+        self, queries: np.ndarray, row: Any, col: Any, *, k: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` nearest among its candidate rows (``row``: query index, ``col``: reference index;
+        every query has at least ``k``), measured exactly in float64, nearest first, ties to the lower index."""
         import torch
 
         data, q = torch.from_numpy(self._reference()), torch.from_numpy(queries)
@@ -425,10 +427,9 @@ class TorchExactIndex:
             exact[s : s + len(r)] = (diff * diff).sum(1).numpy()
         row_n, col_n = row.numpy(), col.numpy()
         o = np.lexsort((col_n, exact, row_n))
-        first = np.ones(len(o), dtype=bool)
-        first[1:] = row_n[o][1:] != row_n[o][:-1]
-        pick = o[first]  # one per query (every query keeps at least its minimum), in query order
-        return np.sqrt(exact[pick])[:, None], col_n[pick][:, None].astype(np.int64)
+        start = np.concatenate([[0], np.cumsum(np.bincount(row_n, minlength=len(queries)))[:-1]])
+        pick = o[start[:, None] + np.arange(k)[None, :]]  # (query, rank), in query order
+        return np.sqrt(exact[pick]), col_n[pick].astype(np.int64)
 
     def _refine(
         self, queries: np.ndarray, cand_v: Any, cand_i: Any, tol: Any, k: int

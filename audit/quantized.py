@@ -123,25 +123,29 @@ class Int8Screen:
         return torch.floor(best.double() - band).long()
 
     def band_search(
-        self, q: np.ndarray, *, q_block: int, r_block: int, max_revisit: float
+        self, q: np.ndarray, k: int = 1, *, q_block: int, r_block: int, max_revisit: float
     ) -> tuple[Any, Any] | None:
-        """Every (query, reference row) pair that may be the query's nearest: ``(query indices, row indices)``.
+        """Every (query, reference row) pair that may be among the query's ``k`` nearest: ``(query indices, row
+        indices)``, at least ``k`` per query.
 
         Two passes. The first multiplies every query with every row, tile by tile, and keeps only the largest
         ``P`` of each group of :attr:`GROUP` consecutive rows. With each query's best ``P`` then known, only the
         groups whose largest ``P`` reaches the query's threshold can hold a candidate; the second pass multiplies
-        those (query, group) pairs again and keeps the rows at or above the threshold.
+        those (query, group) pairs again and keeps the rows at or above the threshold. For ``k > 1`` the threshold
+        comes from the ``k``-th largest group maximum: ``k`` distinct rows at least that good.
         ``None`` if the second pass would revisit more than ``max_revisit`` of the groups (and more than
         :attr:`MIN_REVISIT` per query) on average: rounding too coarse for these rows' distances, the caller screens
-        another way.
+        another way, as for ``k`` above the number of groups.
         """
         import torch
 
         n_groups = -(-len(self.rows) // self.GROUP)
+        if k > n_groups:
+            return None
         step = max(1, self.TOP_ENTRIES // n_groups)  # queries per chunk: bounds the (query, group) table
         rows, cols = [], []
         for s in range(0, len(q), step):
-            got = self._band_chunk(q[s : s + step], q_block=q_block, r_block=r_block, max_revisit=max_revisit)
+            got = self._band_chunk(q[s : s + step], k, q_block=q_block, r_block=r_block, max_revisit=max_revisit)
             if got is None:
                 return None
             rows.append(got[0] + s)
@@ -149,7 +153,7 @@ class Int8Screen:
         return torch.cat(rows), torch.cat(cols)
 
     def _band_chunk(
-        self, q: np.ndarray, *, q_block: int, r_block: int, max_revisit: float
+        self, q: np.ndarray, k: int, *, q_block: int, r_block: int, max_revisit: float
     ) -> tuple[Any, Any] | None:
         """:meth:`band_search` for one chunk of queries."""
         import torch
@@ -176,7 +180,7 @@ class Int8Screen:
                     torch.amax(blocks, dim=2, out=top[qs : qs + len(aq), g0 : g0 + full])
                 if full * g < r.shape[1]:  # the last, partial group
                     top[qs : qs + len(aq), g0 + full] = torch.amax(p[:, full * g :], dim=1)
-        best = torch.amax(top, dim=1)
+        best = torch.amax(top, dim=1) if k == 1 else torch.topk(top, k, dim=1, sorted=False).values.amin(dim=1)
         thr = self.threshold(best, a_sq, err_q).clamp_min(-(2**31)).int()
         pairs = torch.nonzero((top >= thr.unsqueeze(1)).T.contiguous())  # (group, query), sorted by group
         del top
@@ -194,9 +198,16 @@ class Int8Screen:
             prods.append(p[i, j])
         row, col, prod = torch.cat(rows), torch.cat(cols), torch.cat(prods)
         # Each candidate's integer distance is exact, and so are its own rounding errors: keep a row only if
-        # its lower bound ||a - b|| s - e(q) - e(r) reaches no further than the query's best upper bound.
+        # its lower bound ||a - b|| s - e(q) - e(r) reaches no further than the query's k-th smallest upper bound.
         dist = (a_sq[row] + self.offset - 2 * prod.long() + self.parity[col]).double().sqrt() * self.scale
         slack = err_q[row] + self.err[col]
-        upper = torch.full((m,), float("inf"), dtype=torch.float64).scatter_reduce_(0, row, dist + slack, "amin")
-        keep = dist - slack <= upper[row] * (1 + _SLACK_REL) + _SLACK_ABS * self.scale
+        upper = _kth_per_row(row.numpy(), (dist + slack).numpy(), m, k)
+        keep = dist - slack <= torch.from_numpy(upper)[row] * (1 + _SLACK_REL) + _SLACK_ABS * self.scale
         return row[keep], col[keep]
+
+
+def _kth_per_row(row: np.ndarray, value: np.ndarray, m: int, k: int) -> np.ndarray:
+    """The ``k``-th smallest ``value`` of each of ``m`` rows (every row has at least ``k`` entries)."""
+    o = np.lexsort((value, row))
+    start = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=m))[:-1]])
+    return value[o][start + k - 1]

@@ -21,10 +21,10 @@ def tabular(n: int, seed: int, *, numeric: int = 6, blocks: tuple[int, ...] = (3
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def exact(data: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def exact(data: np.ndarray, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     ref = NumpyExactIndex(data.shape[1])
     ref.add(data)
-    return ref.search(queries, 1)
+    return ref.search(queries, k)
 
 
 def int8_index(
@@ -35,8 +35,8 @@ def int8_index(
     answered: list[int] = []
     orig = TorchExactIndex._int8_band
 
-    def spy(self: TorchExactIndex, queries: np.ndarray) -> object:
-        got = orig(self, queries)
+    def spy(self: TorchExactIndex, queries: np.ndarray, k: int) -> object:
+        got = orig(self, queries, k)
         if got is not None:
             answered.append(len(queries))
         return got
@@ -78,8 +78,9 @@ def test_encoded_rows_sit_on_the_grid() -> None:
     assert Int8Screen(tabular(200, seed=1)).err_max <= 0.5 / 127 * np.sqrt(6)
 
 
+@pytest.mark.parametrize("k", [1, 2, 5])
 @pytest.mark.parametrize("numeric", [0, 6])
-def test_tabular_rows_match_numpy_exactly(numeric: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tabular_rows_match_numpy_exactly(numeric: int, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # Arrange: duplicated references (ties) and queries that copy some of them
     base = tabular(230, seed=3, numeric=numeric)
     data = np.concatenate([base, base[:100]])
@@ -87,18 +88,23 @@ def test_tabular_rows_match_numpy_exactly(numeric: int, monkeypatch: pytest.Monk
     idx, answered = int8_index(data, monkeypatch)
     monkeypatch.setattr(Int8Screen, "TOP_ENTRIES", 500)  # 42 groups: queries in chunks of 11
     # Act
-    d, i = idx.search(queries, 1)
-    # Assert: the int8 path answered, with NumPy's distances; copies at exactly 0, ties to the lower index
+    d, i = idx.search(queries, k)
+    # Assert: the int8 path answered, with NumPy's distances, nearest first; copies at exactly 0, ties to the lower
+    # index
     assert answered == [len(queries)]
-    d_ref, i_ref = exact(data, queries)
+    d_ref, i_ref = exact(data, queries, k)
+    assert np.all(np.diff(d, axis=1) >= 0)
     np.testing.assert_allclose(d, d_ref, rtol=1e-9, atol=1e-6)
     assert np.all(d[:30, 0] == 0.0)
     first_copy = [int(np.flatnonzero((data == q).all(1))[0]) for q in queries[:30]]
     np.testing.assert_array_equal(i[:30, 0], first_copy)
     brute = np.linalg.norm(queries[:, None, :].astype(np.float64) - data[i], axis=2)
     np.testing.assert_allclose(brute, d, atol=1e-12)
-    if numeric == 0:  # every distance is one of a few values: ties everywhere, all to the lowest index
-        np.testing.assert_array_equal(i, i_ref)
+    # ties everywhere (numeric == 0: every distance is one of a few values), all to the lowest indices; NumPy's
+    # reference breaks ties among more than k rows arbitrarily, so rank all rows here
+    d2 = ((queries[:, None, :].astype(np.float64) - data[None, :, :]) ** 2).sum(2)
+    ranked = np.lexsort((np.broadcast_to(np.arange(len(data)), d2.shape), d2), axis=1)[:, :k]
+    np.testing.assert_array_equal(i, ranked)
 
 
 def test_queries_beyond_the_grid_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:

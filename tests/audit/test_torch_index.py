@@ -49,7 +49,7 @@ PATHS = {
     "pruned": {"n_clusters": 12},
     "brute-torch": {"n_clusters": 0, "use_faiss": False, "use_int8": False, "block": 97},
     "brute-faiss": {"n_clusters": 0, "use_faiss": True, "use_int8": False},
-    "brute-int8": {"n_clusters": 0, "use_faiss": False, "block": 97},  # k = 1; others as brute-torch
+    "brute-int8": {"n_clusters": 0, "use_faiss": False, "block": 97},
     "brute-device": {"device_path": True},
 }
 
