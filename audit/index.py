@@ -401,6 +401,8 @@ class TorchExactIndex:
         if not self._int8.exact:
             self.use_int8 = False
             return None
+        if k > self._int8.n_groups:  # fewer groups of rows than neighbours asked for (a small reference)
+            return None
         got = self._int8.band_search(
             # a quarter as many queries per tile as the float32 paths: the int32 tile (256 x 4096) then stays in cache
             # between the product and its amax (20% faster than 1024 x 4096)

@@ -90,6 +90,11 @@ class Int8Screen:
         #: int32 products stay exact while every |P| < 2**31
         self.exact = self.dim * Q * Q + Q * Q * (self.n_digits + 1) < 2**31
 
+    @property
+    def n_groups(self) -> int:
+        """Groups of :attr:`GROUP` rows (the last one may be partial)."""
+        return -(-len(self.rows) // self.GROUP)
+
     def _round(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grid integers of ``x`` (int64) and each row's rounding error ``||x - s a||`` (float64)."""
         x64 = np.asarray(x, dtype=np.float64)
@@ -139,7 +144,7 @@ class Int8Screen:
         """
         import torch
 
-        n_groups = -(-len(self.rows) // self.GROUP)
+        n_groups = self.n_groups
         if k > n_groups:
             return None
         step = max(1, self.TOP_ENTRIES // n_groups)  # queries per chunk: bounds the (query, group) table

@@ -154,3 +154,15 @@ def test_without_int_mm_or_when_products_could_overflow(monkeypatch: pytest.Monk
     idx, answered = int8_index(wide, monkeypatch)
     d, i = idx.search(wide[1:2], 1)
     assert answered == [] and d[0, 0] == 0.0 and i[0, 0] == 1
+
+
+def test_more_neighbours_than_groups_are_searched_in_float32_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20 rows in groups of 8: three groups, so k = 4 cannot take its threshold from group maxima
+    data, queries = tabular(20, seed=10), tabular(15, seed=11)
+    idx, answered = int8_index(data, monkeypatch)
+    d, _ = idx.search(queries, 4)
+    np.testing.assert_allclose(d, exact(data, queries, 4)[0], atol=1e-6)
+    assert answered == [] and idx.use_int8 is True  # not given up for good: k = 1 still screens on int8
+    d, _ = idx.search(queries, 1)
+    assert answered == [15]
+    np.testing.assert_allclose(d, exact(data, queries)[0], rtol=1e-9, atol=1e-6)
