@@ -12,9 +12,9 @@ rounding of the inputs, and that is measured row by row:
 
 So a row can only be (or tie) the nearest if its integer distance lies within ``2 (e(q) + max e(r)) / s`` of the
 best integer distance (for ``k`` neighbours: of the ``k``-th best); those few rows are cut again with their own
-``e(r)`` and re-measured in float64 and ranked, as in every other path of the index. Rows encoded by :class:`~fedsynth.common.encoding.TabularTransform` lie in [-1, 1] with their one-hot and
-binary features at exactly +-1, which the grid ``s = 1 / 127`` holds without error: only the numeric features
-contribute to ``e``.
+``e(r)`` and re-measured in float64 and ranked, as in every other path of the index. Rows encoded by
+:class:`~fedsynth.common.encoding.TabularTransform` lie in [-1, 1] with their one-hot and binary features at
+exactly +-1, which the grid ``s = 1 / 127`` holds without error: only the numeric features contribute to ``e``.
 
 The reference's squared norms ride along in the product: each reference row carries the digits of
 ``h = (||b||^2 - C) // 2`` in extra columns (base 127, ``C`` the smallest norm), each query the constants

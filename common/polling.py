@@ -64,14 +64,16 @@ class SleepOverride:
 
     Args:
         pause: maps the seconds Flower asked for to the seconds to sleep.
+        wait: how to take that pause (default :func:`time.sleep`; a caller's own may end it early).
     """
 
-    def __init__(self, pause: Callable[[float], float]) -> None:
+    def __init__(self, pause: Callable[[float], float], *, wait: Callable[[float], None] | None = None) -> None:
         self._pause = pause
+        self._wait = wait
 
     def sleep(self, seconds: float) -> None:
         """Sleep ``pause(seconds)``."""
-        time.sleep(self._pause(seconds))
+        (self._wait or time.sleep)(self._pause(seconds))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
