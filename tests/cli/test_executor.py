@@ -181,7 +181,7 @@ def test_forked_clientapps_retry_their_message_pull_sooner(monkeypatch: pytest.M
 
 
 def test_while_a_child_runs_the_parent_waits_for_it_instead_of_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Arrange: a child that "trains" for 1.0 s; the parent's longest wait while it runs is 3 s
+    # Arrange: a child that "trains" for 1.0 s; the parent's longest wait while it runs is 10 s
     import flwr.supernode.runtime.run_clientapp as flower_main
 
     def fake_run_clientapp(**kwargs: object) -> None:
@@ -189,7 +189,7 @@ def test_while_a_child_runs_the_parent_waits_for_it_instead_of_polling(monkeypat
         raise SystemExit(0)
 
     monkeypatch.setattr(flower_main, "run_clientapp", fake_run_clientapp)
-    monkeypatch.setattr(executor_module, "RUNNING_POLL_INTERVAL", 3.0)
+    monkeypatch.setattr(executor_module, "RUNNING_POLL_INTERVAL", 10.0)
     executor = ForkExecutor(poll_interval=0.2)
     t0 = time.monotonic()
     executor.wait(0.05)  # no child: the pause asked for
@@ -200,9 +200,9 @@ def test_while_a_child_runs_the_parent_waits_for_it_instead_of_polling(monkeypat
     executor.wait(executor.pause(0.2))
     waited = time.monotonic() - t0
     executor.reconcile()
-    # Assert: woken by the child finishing (not after 0.2 s, not after 3 s), then reaped with its exit code
+    # Assert: woken by the child finishing (not after 0.2 s, not after 10 s), then reaped with its exit code
     assert 0.04 <= no_child < 0.5
-    assert 0.8 < waited < 2.5
+    assert 0.8 < waited < 8.0
     _wait_reaped(executor, timeout=5.0)
     assert executor.exit_codes[11] == 0 and not executor.finishing
     assert executor.pause(0.2) == pytest.approx(executor_module.MIN_POLL_INTERVAL, abs=0.01)
@@ -212,7 +212,7 @@ def test_a_long_child_is_still_polled_every_running_interval(monkeypatch: pytest
     import flwr.supernode.runtime.run_clientapp as flower_main
 
     def fake_run_clientapp(**kwargs: object) -> None:
-        time.sleep(3.0)
+        time.sleep(60.0)
         raise SystemExit(0)
 
     monkeypatch.setattr(flower_main, "run_clientapp", fake_run_clientapp)
@@ -222,6 +222,6 @@ def test_a_long_child_is_still_polled_every_running_interval(monkeypatch: pytest
     t0 = time.monotonic()
     executor.wait(executor.pause(0.2))
     waited = time.monotonic() - t0
-    assert 0.25 < waited < 1.5 and executor.children and not executor.finishing
-    _wait_reaped(executor, timeout=10.0)
-    assert executor.exit_codes[12] == 0
+    assert 0.25 < waited < 30.0 and executor.children and not executor.finishing
+    executor.close()  # SIGTERM to the child, reaped
+    assert not executor.children and executor.exit_codes[12] != 0
