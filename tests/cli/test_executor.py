@@ -180,17 +180,22 @@ def test_forked_clientapps_retry_their_message_pull_sooner(monkeypatch: pytest.M
                                 "max_tries_per_object": None}
 
 
-def test_while_a_child_runs_the_parent_waits_for_it_instead_of_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Arrange: a child that "trains" for 1.0 s; the parent's longest wait while it runs is 10 s
+def _sleeping_child_executor(monkeypatch: pytest.MonkeyPatch, *, trains: float, cap: float) -> ForkExecutor:
+    """An executor whose children "train" for ``trains`` s; its longest wait while one runs is ``cap`` s."""
     import flwr.supernode.runtime.run_clientapp as flower_main
 
     def fake_run_clientapp(**kwargs: object) -> None:
-        time.sleep(1.0)
+        time.sleep(trains)
         raise SystemExit(0)
 
     monkeypatch.setattr(flower_main, "run_clientapp", fake_run_clientapp)
-    monkeypatch.setattr(executor_module, "RUNNING_POLL_INTERVAL", 10.0)
-    executor = ForkExecutor(poll_interval=0.2)
+    monkeypatch.setattr(executor_module, "RUNNING_POLL_INTERVAL", cap)
+    return ForkExecutor(poll_interval=0.2)
+
+
+def test_while_a_child_runs_the_parent_waits_for_it_instead_of_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: a child that trains for 1.0 s; the parent's longest wait while it runs is 10 s
+    executor = _sleeping_child_executor(monkeypatch, trains=1.0, cap=10.0)
     t0 = time.monotonic()
     executor.wait(0.05)  # no child: the pause asked for
     no_child = time.monotonic() - t0
@@ -209,15 +214,7 @@ def test_while_a_child_runs_the_parent_waits_for_it_instead_of_polling(monkeypat
 
 
 def test_a_long_child_is_still_polled_every_running_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    import flwr.supernode.runtime.run_clientapp as flower_main
-
-    def fake_run_clientapp(**kwargs: object) -> None:
-        time.sleep(60.0)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(flower_main, "run_clientapp", fake_run_clientapp)
-    monkeypatch.setattr(executor_module, "RUNNING_POLL_INTERVAL", 0.3)
-    executor = ForkExecutor(poll_interval=0.2)
+    executor = _sleeping_child_executor(monkeypatch, trains=60.0, cap=0.3)
     executor.launch(_spec(task_id=12))
     t0 = time.monotonic()
     executor.wait(executor.pause(0.2))
