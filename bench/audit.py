@@ -46,6 +46,16 @@ def generator_rows(n: int, *, steps: int = GENERATOR_STEPS, seed: int = 0) -> np
     return t.transform(t.inverse_transform(np.asarray(encoded, dtype=np.float32)))
 
 
+def _timed_search(
+    reference: np.ndarray, queries: np.ndarray, **index_kw: object
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each query's nearest reference row ``(distances, indices)`` and the seconds it took, the index build included
+    (``index_kw`` go to :func:`make_index`)."""
+    start = time.perf_counter()
+    d, i = make_index(reference, **index_kw).search(queries, 1)  # type: ignore[arg-type]
+    return d, i, time.perf_counter() - start
+
+
 def _agreement(d: np.ndarray, i: np.ndarray, d_ref: np.ndarray, i_ref: np.ndarray) -> str:
     return f"max |d - d_numpy| = {float(np.abs(d - d_ref).max()):.1e}, {int((i != i_ref).sum())} neighbour(s) differ"
 
@@ -71,17 +81,12 @@ def run(*, quick: bool, device: str, rows: int | None = None) -> list[Figure]:
     for backend in ("auto", "faiss"):  # warm up: imports and first-call initialisation, not timed
         make_index(real[:64], backend=backend).search(synthetic[:8], 1)  # type: ignore[arg-type]
 
-    start = time.perf_counter()
-    d_np, i_np = make_index(real, backend="numpy").search(synthetic[:n_np], 1)
-    t_np = (time.perf_counter() - start) * n / n_np
-
-    start = time.perf_counter()
-    d_torch, i_torch = make_index(real, backend="auto").search(synthetic, 1)
-    t_torch = time.perf_counter() - start
-
-    start = time.perf_counter()
-    d_faiss, i_faiss = make_index(real, backend="faiss").search(synthetic, 1)
-    t_faiss = time.perf_counter() - start
+    baseline = "NumPy brute force"
+    goal = "100k x 100k < 10 s"
+    d_np, i_np, t_np = _timed_search(real, synthetic[:n_np], backend="numpy")
+    t_np *= n / n_np
+    d_torch, i_torch, t_torch = _timed_search(real, synthetic, backend="auto")
+    d_faiss, i_faiss, t_faiss = _timed_search(real, synthetic, backend="faiss")
 
     # a copied record must come out at distance 0: copy some real rows into the synthetic set
     leaked = synthetic.copy()
@@ -93,51 +98,37 @@ def run(*, quick: bool, device: str, rows: int | None = None) -> list[Figure]:
     # again on rows six times as noisy, where it has to fall back to brute force, to show the other end
     loose_real = rows_like(base_rows, n, seed=3, jitter=0.3)
     loose_syn = rows_like(base_rows, n, seed=4, jitter=0.3)
-    start = time.perf_counter()
-    make_index(loose_real, backend="auto").search(loose_syn, 1)
-    t_loose = time.perf_counter() - start
+    *_, t_loose = _timed_search(loose_real, loose_syn, backend="auto")
 
     # the auditor's real case: a generator's rows (decoded and encoded again) against the real rows
     gen_rows = generator_rows(n, steps=20 if quick else GENERATOR_STEPS)
-    start = time.perf_counter()
-    d_gen, i_gen = make_index(real, backend="auto").search(gen_rows, 1)
-    t_gen = time.perf_counter() - start
-    start = time.perf_counter()
-    d_gen_faiss, i_gen_faiss = make_index(real, backend="faiss").search(gen_rows, 1)
-    t_gen_faiss = time.perf_counter() - start
-    d_gen_np, i_gen_np = make_index(real, backend="numpy").search(gen_rows[:n_np], 1)
+    d_gen, i_gen, t_gen = _timed_search(real, gen_rows, backend="auto")
+    d_gen_faiss, i_gen_faiss, t_gen_faiss = _timed_search(real, gen_rows, backend="faiss")
+    d_gen_np, i_gen_np, _ = _timed_search(real, gen_rows[:n_np], backend="numpy")
     # the issue's budget is two cores: the same two searches with two threads (torch's intra-op, FAISS' OpenMP)
     two: list[Figure] = []
     if (os.cpu_count() or 1) >= 2:
         import faiss
 
-        start = time.perf_counter()
-        make_index(real, backend="auto", threads=2).search(gen_rows, 1)
-        t_two = time.perf_counter() - start
+        *_, t_two = _timed_search(real, gen_rows, backend="auto", threads=2)
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(2)
         try:
-            start = time.perf_counter()
-            make_index(real, backend="faiss").search(gen_rows, 1)
-            t_two_faiss = time.perf_counter() - start
+            *_, t_two_faiss = _timed_search(real, gen_rows, backend="faiss")
         finally:
             faiss.omp_set_num_threads(before)
         two = [
             Figure("audit", f"torch exact DCR {n:,} x {n:,}, generator rows, 2 threads", t_two, "s", t_np / t_two,
-                   "NumPy brute force", "100k x 100k < 10 s", "the auditor's default with threads=2"),
+                   baseline, goal, "the auditor's default with threads=2"),
             Figure("audit", f"FAISS IndexFlatL2 DCR {n:,} x {n:,}, generator rows, 2 threads", t_two_faiss, "s",
-                   t_np / t_two_faiss, "NumPy brute force", "100k x 100k < 10 s", "OpenMP threads = 2"),
+                   t_np / t_two_faiss, baseline, goal, "OpenMP threads = 2"),
         ]
 
-    baseline = "NumPy brute force"
-    goal = "100k x 100k < 10 s"
     gpu: list[Figure] = []
     if device != "cpu":
         make_index(real[:64], backend="torch", device=device).search(synthetic[:8], 1)  # CUDA context, kernels
         for label, (ref, qry) in {"": (real, synthetic), ", jitter 0.3": (loose_real, loose_syn)}.items():
-            start = time.perf_counter()
-            d_gpu, i_gpu = make_index(ref, backend="torch", device=device).search(qry, 1)
-            t_gpu = time.perf_counter() - start
+            d_gpu, i_gpu, t_gpu = _timed_search(ref, qry, backend="torch", device=device)
             check = _agreement(d_gpu[:n_np], i_gpu[:n_np], d_np, i_np) if not label else "brute force on the GPU"
             gpu.append(Figure("audit", f"torch exact DCR {n:,} x {n:,} on {device}{label}", t_gpu, "s",
                               t_np / t_gpu, baseline, goal, f"index built and searched on the GPU; {check}"))
