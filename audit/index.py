@@ -427,10 +427,10 @@ class TorchExactIndex:
             r, c = row[s : s + 65536], col[s : s + 65536]
             diff = data.index_select(0, c).double().sub_(q.index_select(0, r).double())
             exact[s : s + len(r)] = (diff * diff).sum(1).numpy()
+        from fedsynth.audit.quantized import first_k_per_row
+
         row_n, col_n = row.numpy(), col.numpy()
-        o = np.lexsort((col_n, exact, row_n))
-        start = np.concatenate([[0], np.cumsum(np.bincount(row_n, minlength=len(queries)))[:-1]])
-        pick = o[start[:, None] + np.arange(k)[None, :]]  # (query, rank), in query order
+        pick = first_k_per_row(row_n, len(queries), k, col_n, exact)  # (query, rank): nearest, then lower index
         return np.sqrt(exact[pick]), col_n[pick].astype(np.int64)
 
     def _refine(

@@ -215,6 +215,12 @@ class Int8Screen:
 
 def _kth_per_row(row: np.ndarray, value: np.ndarray, m: int, k: int) -> np.ndarray:
     """The ``k``-th smallest ``value`` of each of ``m`` rows (every row has at least ``k`` entries)."""
-    o = np.lexsort((value, row))
+    return value[first_k_per_row(row, m, k, value)[:, -1]]
+
+
+def first_k_per_row(row: np.ndarray, m: int, k: int, *keys: np.ndarray) -> np.ndarray:
+    """Positions ``(m, k)`` of the first ``k`` entries of each of ``m`` rows, ordered by ``keys`` within a row
+    (the last key first, as :func:`numpy.lexsort`). Every row has at least ``k`` entries."""
+    o = np.lexsort((*keys, row))
     start = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=m))[:-1]])
-    return value[o][start + k - 1]
+    return o[start[:, None] + np.arange(k)[None, :]]
