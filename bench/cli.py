@@ -39,6 +39,8 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-lean", action="store_true",
                    help="train section: default denoiser only, non-private vs the default DP engine")
     p.add_argument("--local-steps", type=int, default=None, help="DP steps per site in the Flower round (default 40)")
+    p.add_argument("--flower-sites", type=int, default=2,
+                   help="sites in the Flower section (default 2; 1 leaves a core free for Flower's own processes)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p
 
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:
         main_parser().error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    if args.flower_sites < 1:
+        main_parser().error("--flower-sites must be >= 1")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -87,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         main_parser().error("--device cuda asked for, but torch sees no GPU")
     extra = {"train": {"batch_size": args.train_batch, "lean": args.train_lean},
              "sample": {"rows": args.sample_rows}, "audit": {"rows": args.audit_rows},
-             "flower": {"local_steps": args.local_steps}}
+             "flower": {"local_steps": args.local_steps, "sites": args.flower_sites}}
     figures: list[Figure] = []
     print(f"# fedsynth bench: {' '.join(['python -m bench', *(argv if argv is not None else sys.argv[1:])])}")
     print(f"# machine: {json.dumps(machine_facts(args.device))}", flush=True)

@@ -247,21 +247,26 @@ def _federation(root: Path, sites: list[Any], schema_path: Path, run_config: dic
 
 
 def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool = True,
-        rounds: int | None = None) -> list[Figure]:
-    """Rounds with 2 sites (site agents, and stock SuperNodes) vs. the same local rounds without Flower."""
+        rounds: int | None = None, sites: int = 2) -> list[Figure]:
+    """Rounds with ``sites`` sites (site agents, and stock SuperNodes) vs. the same local rounds without Flower.
+
+    With 2 sites (the default) on a 2-core box the sites' training takes both cores and Flower's processes
+    compete with it; with 1 site a core is left for them, as when the server and each site have machines of
+    their own: what remains is the protocol's latency per round.
+    """
     from fedsynth.cli.federation import SiteSpec
 
     steps = local_steps or (5 if quick else 40)
     n_rounds = rounds or (3 if quick else 5)
     # no public warm start: the local rounds have none either (it is server start-up work, not round work)
     run_config = {**RunConfig().to_user_config(), "num-server-rounds": n_rounds, "local-steps": steps,
-                  "noise-multiplier": 1.0, "min-train-nodes": 2, "min-available-nodes": 2,
+                  "noise-multiplier": 1.0, "min-train-nodes": sites, "min-available-nodes": sites,
                   "public-pretrain-steps": 0}
     modes = [True, False] if stock and not quick else [True]
     feds: dict[bool, tuple[float, float, Rounds, float, dict[str, tuple[float, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
         root = Path(tmp)
-        paths, schema_path = _write_sites(root, 2)
+        paths, schema_path = _write_sites(root, sites)
         # clientapps are separate processes: give them the thread count this process uses
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
@@ -271,15 +276,16 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
 
         locals_ = [baselines("0")]
         for warm in modes:
-            sites = [SiteSpec(f"site{i}", p, 1e6, ledger_path=root / f"fl-ledger-{warm}-{i}.json")
+            specs = [SiteSpec(f"site{i}", p, 1e6, ledger_path=root / f"fl-ledger-{warm}-{i}.json")
                      for i, p in enumerate(paths)]
-            feds[warm] = _federation(root, sites, schema_path, run_config, warm=warm, rounds=n_rounds)
+            feds[warm] = _federation(root, specs, schema_path, run_config, warm=warm, rounds=n_rounds)
             locals_.append(baselines(str(len(locals_))))
     conc, serial = _pooled([b[0] for b in locals_]), _pooled([b[1] for b in locals_])
-    conc_name = "local round, 2 sites at the same time (no Flower)"
-    serial_name = "local round, 2 sites one after the other (no Flower)"
+    n_sites = f"{sites} site{'s' if sites > 1 else ''}"
+    conc_name = f"local round, {n_sites} at the same time (no Flower)"
+    serial_name = f"local round, {n_sites} one after the other (no Flower)"
     timed = f"rounds 2-{n_rounds} of {n_rounds}"
-    note = f"2 sites x {steps} DP steps, batch {run_config['batch-size']}; {timed}"
+    note = f"{n_sites} x {steps} DP steps, batch {run_config['batch-size']}; {timed}"
     blocks = "before/between/after the federations"
     figures = [
         Figure("flower", conc_name, conc.median, "s",
@@ -293,6 +299,7 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
     for warm in modes:
         startup, run_seconds, fed, first, cpu = feds[warm]
         what = "fedsynth site-agent" if warm else "stock flower-supernode"
+        agent = "site agent" if warm else "SuperNode"
         how = ("--isolation process, ClientApps forked from a warm executor" if warm
                else "one fresh flwr-clientapp process per message, 3 s idle poll")
         spread = f"median of {len(fed.seconds)} rounds, range {fed.spread()} s"
@@ -309,7 +316,7 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
                    note="push to aggregation of the run's first round (first ClientApps, first table validation)"),
             Figure("flower", f"{n_rounds}-round run, {what}", run_seconds, "s",
                    note="flwr run to finished: ServerApp start, rounds, artifact export"),
-            Figure("flower", f"SuperLink + 2 {'site agents' if warm else 'SuperNodes'} start-up", startup, "s",
+            Figure("flower", f"SuperLink + {sites} {agent}{'s' if sites > 1 else ''} start-up", startup, "s",
                    note="once per federation, not per round" + ("; includes the executors' imports" if warm else "")),
         ]
         infra = {role: own for role, (own, _) in cpu.items()}

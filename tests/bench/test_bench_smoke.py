@@ -35,6 +35,28 @@ def test_quick_bench_runs_and_prints_ratios(tmp_path: Path) -> None:
     assert any(f["ratio"] is not None for f in figures)
 
 
+@pytest.mark.slow
+def test_quick_flower_bench_with_one_site_runs_a_real_federation(tmp_path: Path) -> None:
+    # Arrange
+    out = tmp_path / "figures.json"
+
+    # Act: SuperLink, one site agent and the local baseline, 3 rounds of 5 steps
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--sections", "flower", "--flower-sites", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = json.loads(out.read_text())["figures"]
+    figures = {f["name"]: f for f in listed}
+    local = figures["local round, 1 site at the same time (no Flower)"]
+    assert local["value"] > 0 and "1 site x 5 DP steps" in local["note"]
+    rounds = [f for f in listed if f["name"] == "round, fedsynth site-agent"]
+    assert rounds and all(f["ratio"] > 0 for f in rounds)
+    assert figures["SuperLink + 1 site agent start-up"]["value"] > 0
+
+
 def test_unknown_section_is_a_usage_error() -> None:
     # Act
     proc = subprocess.run([sys.executable, "-m", "bench", "--sections", "nope"], cwd=ROOT, capture_output=True,
@@ -43,6 +65,16 @@ def test_unknown_section_is_a_usage_error() -> None:
     # Assert
     assert proc.returncode == 2
     assert "unknown section" in proc.stderr
+
+
+def test_no_flower_sites_is_a_usage_error() -> None:
+    # Act
+    proc = subprocess.run([sys.executable, "-m", "bench", "--sections", "flower", "--flower-sites", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+    # Assert
+    assert proc.returncode == 2
+    assert "--flower-sites must be >= 1" in proc.stderr
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
