@@ -41,15 +41,57 @@ def test_idle_poll_is_short_right_after_a_reply_and_grows_back_to_the_interval(
 
 
 def test_install_patches_the_supernode_loop_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode import start_client_internal as loop
 
     monkeypatch.setattr(loop, "time", time)
+    monkeypatch.setattr(loop, "pull_objects", inflatable_utils.pull_objects)
     monkeypatch.setenv(supernode.IDLE_POLL_ENV, "0.25")
     monkeypatch.delenv(supernode.REPLY_POLL_ENV, raising=False)
 
     clock = supernode.install()
 
     assert loop.time is clock and (clock.idle, clock.reply) == (0.25, supernode.DEFAULT_REPLY_POLL)
+    assert loop.pull_objects.keywords["initial_backoff"] == supernode.OBJECT_PULL_INITIAL_BACKOFF
+
+
+def test_the_supernode_retries_a_message_object_that_is_not_uploaded_yet_soon(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: the first pull of one object finds it missing (the ServerApp has not pushed it yet)
+    import functools
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal as loop
+
+    monkeypatch.setattr(loop, "pull_objects", inflatable_utils.pull_objects)
+    tries: dict[str, int] = {}
+
+    def pull_object(object_id: str) -> bytes:
+        tries[object_id] = tries.get(object_id, 0) + 1
+        if object_id == "late" and tries[object_id] == 1:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return object_id.encode()
+
+    # Act
+    supernode.shorten_object_pull_backoff(0.1, 2.0)
+    supernode.shorten_object_pull_backoff(0.001)  # idempotent: the last pauses win
+    got = loop.pull_objects(["early", "late"], pull_object_fn=pull_object)
+
+    # Assert
+    patched = loop.pull_objects
+    assert isinstance(patched, functools.partial) and patched.func is inflatable_utils.pull_objects
+    assert patched.keywords == {"initial_backoff": 0.001, "backoff_cap": supernode.OBJECT_PULL_BACKOFF_CAP,
+                                "max_tries_per_object": None}
+    assert got == {"early": b"early", "late": b"late"} and tries == {"early": 1, "late": 2}
+
+
+def test_flower_supernode_loop_still_pulls_message_objects_with_pull_objects() -> None:
+    # a canary: a flwr that pulls differently must fail loudly rather than keep Flower's 1 s retry
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal as loop
+
+    assert getattr(loop.pull_objects, "func", loop.pull_objects) is inflatable_utils.pull_objects
+    assert "pull_objects(" in inspect.getsource(loop._pull_and_store_message)
 
 
 def test_flower_supernode_loop_still_has_the_pauses_the_wrapper_replaces() -> None:
