@@ -41,9 +41,10 @@ REPLY_POLL_ENV = "FEDSYNTH_SUPERNODE_REPLY_POLL_INTERVAL"
 DEFAULT_IDLE_POLL = 0.5
 DEFAULT_REPLY_POLL = 0.1
 #: First and longest retry pause (s) of the SuperNode pulling a message's objects from the SuperLink (Flower: 1 s,
-#: doubling to 10 s, at most 500 tries per object). The cap stays at 1 s: these requests cross the network, and an
-#: object that never comes (a ServerApp that died while pushing) then costs the SuperLink one request a second per
-#: site until Flower's limit on the total time (2 h).
+#: doubling to 10 s, at most 500 tries per object). The cap stays at 1 s: these requests cross the network. An
+#: object that never comes (a ServerApp that died while pushing) costs one request a second per site until the
+#: SuperLink marks the run finished (the ServerApp's heartbeats stop), which makes the pull fail; Flower's limit
+#: on the total time (2 h) stays as the last resort.
 OBJECT_PULL_INITIAL_BACKOFF = 0.05
 OBJECT_PULL_BACKOFF_CAP = 1.0
 #: The pauses hard-coded in flwr 1.42's SuperNode loop.
