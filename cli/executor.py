@@ -301,12 +301,12 @@ def _shorten_message_pull_backoff(initial_backoff: float = PULL_INITIAL_BACKOFF)
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode.runtime import run_clientapp as clientapp_main
 
-    from fedsynth.common.rebind import rebind_with_defaults
+    from fedsynth.common.rebind import shorten_pull_retry
 
-    rebind_with_defaults(
+    shorten_pull_retry(
         clientapp_main, "pull_and_inflate_object_from_tree", inflatable_utils.pull_and_inflate_object_from_tree,
         changed="flwr-clientapp no longer pulls its message with pull_and_inflate_object_from_tree",
-        initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, PULL_BACKOFF_CAP), max_tries_per_object=None,
+        initial_backoff=initial_backoff, backoff_cap=PULL_BACKOFF_CAP,
     )
 
 

@@ -101,12 +101,12 @@ def shorten_object_pull_backoff(initial_backoff: float = OBJECT_PULL_INITIAL_BAC
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode import start_client_internal as loop
 
-    from fedsynth.common.rebind import rebind_with_defaults
+    from fedsynth.common.rebind import shorten_pull_retry
 
-    rebind_with_defaults(
+    shorten_pull_retry(
         loop, "pull_objects", inflatable_utils.pull_objects,
         changed="flwr's SuperNode loop no longer pulls message objects with pull_objects",
-        initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, backoff_cap), max_tries_per_object=None,
+        initial_backoff=initial_backoff, backoff_cap=backoff_cap,
     )
 
 

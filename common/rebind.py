@@ -8,7 +8,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-__all__ = ["rebind_with_defaults"]
+__all__ = ["rebind_with_defaults", "shorten_pull_retry"]
 
 
 def rebind_with_defaults(module: ModuleType, name: str, original: Callable[..., Any], *, changed: str,
@@ -27,3 +27,13 @@ def rebind_with_defaults(module: ModuleType, name: str, original: Callable[..., 
     if current is not original:
         raise RuntimeError(changed)
     setattr(module, name, functools.partial(original, **kwargs))
+
+
+def shorten_pull_retry(module: ModuleType, name: str, original: Callable[..., Any], *, changed: str,
+                       initial_backoff: float, backoff_cap: float) -> None:
+    """Rebind Flower's object-pull function ``original`` (imported by ``module`` as ``name``) with a first retry
+    after ``initial_backoff`` s, doubling to ``backoff_cap`` (at least ``initial_backoff``), and no limit on the
+    tries per object: Flower's defaults are 1 s doubling to 10 s and 500 tries; its limit on the total time (2 h)
+    stays. See :func:`rebind_with_defaults` for ``changed`` and repeated calls."""
+    rebind_with_defaults(module, name, original, changed=changed, initial_backoff=initial_backoff,
+                         backoff_cap=max(initial_backoff, backoff_cap), max_tries_per_object=None)

@@ -137,12 +137,12 @@ def shorten_reply_pull_backoff(initial_backoff: float = REPLY_PULL_INITIAL_BACKO
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.superlink.grid import http_grid
 
-    from fedsynth.common.rebind import rebind_with_defaults
+    from fedsynth.common.rebind import shorten_pull_retry
 
-    rebind_with_defaults(
+    shorten_pull_retry(
         http_grid, "pull_objects", inflatable_utils.pull_objects,
         changed="flwr's HttpGrid no longer pulls reply objects with pull_objects",
-        initial_backoff=initial_backoff, backoff_cap=max(initial_backoff, backoff_cap), max_tries_per_object=None,
+        initial_backoff=initial_backoff, backoff_cap=backoff_cap,
     )
 
 

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from fedsynth.common.rebind import rebind_with_defaults
+from fedsynth.common.rebind import rebind_with_defaults, shorten_pull_retry
 
 
 def pull(*, backoff: float = 1.0, cap: float = 10.0) -> tuple[float, float]:
@@ -33,3 +33,18 @@ def test_refuses_when_the_module_no_longer_uses_the_function(current: object) ->
         mod.pull = current  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="flwr moved it"):
         rebind_with_defaults(mod, "pull", pull, changed="flwr moved it", backoff=0.1)
+
+
+def test_shorten_pull_retry_sets_the_pauses_lifts_the_tries_and_keeps_the_cap_above_the_first_pause() -> None:
+    # Arrange: a stand-in with Flower's pull keywords
+    def pull_objects(*, initial_backoff: float = 1.0, backoff_cap: float = 10.0,
+                     max_tries_per_object: int | None = 500) -> tuple[float, float, int | None]:
+        return initial_backoff, backoff_cap, max_tries_per_object
+
+    mod = types.ModuleType("supernode")
+    mod.pull_objects = pull_objects  # type: ignore[attr-defined]
+    # Act / Assert
+    shorten_pull_retry(mod, "pull_objects", pull_objects, changed="moved", initial_backoff=0.05, backoff_cap=0.2)
+    assert mod.pull_objects() == (0.05, 0.2, None)
+    shorten_pull_retry(mod, "pull_objects", pull_objects, changed="moved", initial_backoff=0.5, backoff_cap=0.2)
+    assert mod.pull_objects() == (0.5, 0.5, None)
