@@ -63,6 +63,11 @@ class Rounds:
         return f"{min(vals):.2f}-{max(vals):.2f}"
 
 
+def _count(n: int, thing: str) -> str:
+    """``"1 site"``, ``"2 sites"``."""
+    return f"{n} {thing}{'s' if n != 1 else ''}"
+
+
 def _pooled(blocks: list[Rounds]) -> Rounds:
     return Rounds(tuple(s for b in blocks for s in b.seconds), tuple(s for b in blocks for s in b.site_seconds))
 
@@ -281,7 +286,7 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
             feds[warm] = _federation(root, specs, schema_path, run_config, warm=warm, rounds=n_rounds)
             locals_.append(baselines(str(len(locals_))))
     conc, serial = _pooled([b[0] for b in locals_]), _pooled([b[1] for b in locals_])
-    n_sites = f"{sites} site{'s' if sites > 1 else ''}"
+    n_sites = _count(sites, "site")
     conc_name = f"local round, {n_sites} at the same time (no Flower)"
     serial_name = f"local round, {n_sites} one after the other (no Flower)"
     timed = f"rounds 2-{n_rounds} of {n_rounds}"
@@ -299,7 +304,7 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
     for warm in modes:
         startup, run_seconds, fed, first, cpu = feds[warm]
         what = "fedsynth site-agent" if warm else "stock flower-supernode"
-        agent = "site agent" if warm else "SuperNode"
+        nodes = _count(sites, "site agent" if warm else "SuperNode")
         how = ("--isolation process, ClientApps forked from a warm executor" if warm
                else "one fresh flwr-clientapp process per message, 3 s idle poll")
         spread = f"median of {len(fed.seconds)} rounds, range {fed.spread()} s"
@@ -316,7 +321,7 @@ def run(*, quick: bool, device: str, local_steps: int | None = None, stock: bool
                    note="push to aggregation of the run's first round (first ClientApps, first table validation)"),
             Figure("flower", f"{n_rounds}-round run, {what}", run_seconds, "s",
                    note="flwr run to finished: ServerApp start, rounds, artifact export"),
-            Figure("flower", f"SuperLink + {sites} {agent}{'s' if sites > 1 else ''} start-up", startup, "s",
+            Figure("flower", f"SuperLink + {nodes} start-up", startup, "s",
                    note="once per federation, not per round" + ("; includes the executors' imports" if warm else "")),
         ]
         infra = {role: own for role, (own, _) in cpu.items()}
